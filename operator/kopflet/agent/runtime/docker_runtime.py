@@ -1,0 +1,453 @@
+"""The :class:`ContainerRuntime` on a real Docker engine (docker SDK, API version negotiated).
+
+The SDK blocks, so every call runs on a private thread pool: a ``stop`` that waits out a
+30 s grace period must not starve the relist or the probes of threads, and the event
+stream holds one thread for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import docker.utils
+import requests.exceptions
+
+from kopflet.agent.runtime.container_runtime import (
+    ContainerConflict,
+    ContainerRequest,
+    EngineInfo,
+    EventKind,
+    ExecResult,
+    ImageInfo,
+    ImagePullError,
+    NetworkInfo,
+    NotOurs,
+    RuntimeEvent,
+    RuntimeOperationError,
+    RuntimeUnavailable,
+    SandboxRequest,
+)
+from kopflet.agent.runtime.labels import (
+    INSTANCE_UID_LABEL,
+    NODE_LABEL,
+    ROLE_LABEL,
+    ContainerID,
+    ContainerLabels,
+    container_name_for,
+)
+from kopflet.agent.runtime.records import ContainerRecord, RunState
+from kopflet.api import UID
+
+T = TypeVar("T")
+
+_NEVER: Final = "0001-01-01T00:00:00Z"
+_STATES: Final = {
+    "created": RunState.CREATED,
+    "running": RunState.RUNNING,
+    "exited": RunState.EXITED,
+}
+_MASQUERADE_OPTION: Final = "com.docker.network.bridge.enable_ip_masquerade"
+_BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
+
+
+def _epoch(value: str | None) -> float | None:
+    """Docker's RFC 3339 with nanoseconds, ``None`` for its zero time."""
+    if not value or value.startswith(_NEVER[:4]):
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    digits = "".join(ch for ch in frac if ch.isdigit())[:6]
+    moment = datetime.fromisoformat(f"{head}.{digits or '0'}+00:00")
+    return moment.timestamp()
+
+
+def record_from_inspect(data: Mapping[str, Any], labels: ContainerLabels) -> ContainerRecord:
+    """The observed record of one container, from ``docker inspect`` output."""
+    state = data.get("State") or {}
+    status = str(state.get("Status", ""))
+    run_state = _STATES.get(status, RunState.UNKNOWN)
+    error = str(state.get("Error") or "")
+    if run_state is RunState.CREATED and error:
+        # A start the engine refused leaves the container "created" with the reason set;
+        # for restart decisions that is a failed run, not a pending one.
+        run_state = RunState.EXITED
+    networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+    ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+    mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
+    sandbox = (
+        ContainerID(mode.removeprefix("container:")) if mode.startswith("container:") else None
+    )
+    exit_code = state.get("ExitCode")
+    return ContainerRecord(
+        id=ContainerID(data["Id"]),
+        labels=labels,
+        state=run_state,
+        image=str((data.get("Config") or {}).get("Image") or ""),
+        image_id=str(data.get("Image") or ""),
+        created_at=_epoch(data.get("Created")) or 0.0,
+        started_at=_epoch(state.get("StartedAt")),
+        finished_at=_epoch(state.get("FinishedAt")),
+        exit_code=exit_code if run_state is RunState.EXITED else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        error=error,
+        ip=ip,
+        sandbox_id=sandbox,
+    )
+
+
+class DockerRuntime:
+    """One node's Docker engine. ``node`` scopes every listing: two agents sharing an
+    engine (a developer machine) never see, let alone remove, each other's containers."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        node: str,
+        timeout_seconds: float = 60.0,
+        max_concurrency: int = 32,
+    ) -> None:
+        self._node = node
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="docker")
+        self._api = docker.APIClient(
+            base_url=base_url,
+            version="auto",
+            timeout=timeout_seconds,
+            max_pool_size=max_concurrency,
+        )
+        # Labels never change after create, so once seen ours a container id stays ours;
+        # records of containers that cannot change any more are kept to spare inspects.
+        self._ours: set[str] = set()
+        self._inspected: dict[tuple[str, str], ContainerRecord] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._api.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise RuntimeUnavailable(f"docker engine unreachable: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            if isinstance(exc, docker.errors.APIError):
+                raise
+            raise RuntimeUnavailable(f"docker engine unusable: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._call(self._api.ping)
+
+    async def engine_info(self) -> EngineInfo:
+        info = await self._call(self._api.info)
+        version = await self._call(self._api.version)
+        return EngineInfo(
+            version=str(info.get("ServerVersion", "")),
+            api_version=str(version.get("ApiVersion", "")),
+            cpus=int(info.get("NCPU", 0)),
+            memory_bytes=int(info.get("MemTotal", 0)),
+            kernel_version=str(info.get("KernelVersion", "")),
+            operating_system=str(info.get("OperatingSystem", "")),
+        )
+
+    async def ensure_network(self, *, name: str, subnet: str, bridge_name: str) -> NetworkInfo:
+        network = ipaddress.ip_network(subnet)
+        gateway = str(next(network.hosts()))
+        found = [n for n in await self._call(self._api.networks, names=[name]) if n["Name"] == name]
+        if not found:
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=str(network), gateway=gateway)]
+            )
+            try:
+                await self._call(
+                    self._api.create_network,
+                    name,
+                    driver="bridge",
+                    ipam=ipam,
+                    options={_MASQUERADE_OPTION: "false", _BRIDGE_NAME_OPTION: bridge_name},
+                    labels={NODE_LABEL: self._node},
+                )
+            except docker.errors.APIError as exc:
+                # Two agents racing on a fresh engine: the loser finds the winner's network.
+                if exc.status_code != 409:
+                    raise RuntimeOperationError(f"cannot create network {name}: {exc}") from exc
+        data = await self._call(self._api.inspect_network, name)
+        pools = (data.get("IPAM") or {}).get("Config") or []
+        subnets = {p.get("Subnet") for p in pools}
+        if str(network) not in subnets:
+            raise RuntimeOperationError(
+                f"network {name} has subnet(s) {sorted(map(str, subnets))}, want {network}"
+            )
+        pool = next(p for p in pools if p.get("Subnet") == str(network))
+        return NetworkInfo(
+            name=name, id=data["Id"], subnet=str(network), gateway=pool.get("Gateway") or gateway
+        )
+
+    async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
+        wanted = [f"{NODE_LABEL}={self._node}", ROLE_LABEL]
+        if instance_uid is not None:
+            wanted.append(f"{INSTANCE_UID_LABEL}={instance_uid}")
+        summaries = await self._call(self._api.containers, all=True, filters={"label": wanted})
+        records = []
+        for summary in summaries:
+            labels = ContainerLabels.parse(summary.get("Labels"))
+            if labels is None or labels.node != self._node:
+                continue
+            key = (summary["Id"], str(summary.get("State", "")))
+            record = self._inspected.get(key)
+            if record is None:
+                try:
+                    data = await self._call(self._api.inspect_container, summary["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed between the listing and the inspect
+                record = record_from_inspect(data, labels)
+                if record.state is not RunState.UNKNOWN:
+                    with self._lock:
+                        self._inspected[key] = record
+            with self._lock:
+                self._ours.add(record.id)
+            records.append(record)
+        if instance_uid is None:
+            listed = {s["Id"] for s in summaries}
+            with self._lock:
+                for key in [k for k in self._inspected if k[0] not in listed]:
+                    del self._inspected[key]
+        return records
+
+    async def _require_ours(self, container_id: ContainerID) -> bool:
+        """True if the container exists and is ours; False if it is gone."""
+        if container_id in self._ours:
+            return True
+        try:
+            data = await self._call(self._api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return False
+        labels = ContainerLabels.parse((data.get("Config") or {}).get("Labels"))
+        if labels is None or labels.node != self._node:
+            raise NotOurs(f"container {container_id[:12]} is not kopflet's on node {self._node}")
+        with self._lock:
+            self._ours.add(container_id)
+        return True
+
+    async def create_sandbox(self, request: SandboxRequest) -> ContainerID:
+        api = self._api
+        ports = [(b.container_port, b.protocol) for b in request.port_bindings]
+        bindings = {
+            f"{b.container_port}/{b.protocol}": (b.host_ip, b.host_port)
+            for b in request.port_bindings
+        }
+        host_config = api.create_host_config(port_bindings=bindings or None)
+        endpoint = api.create_endpoint_config(ipv4_address=request.ip)
+        container_id = await self._create(
+            request.labels,
+            image=request.image,
+            command=list(request.command),
+            hostname=request.hostname,
+            ports=ports or None,
+            host_config=host_config,
+            networking_config=api.create_networking_config({request.network: endpoint}),
+            # The sandbox only sleeps: there is nothing to shut down gracefully.
+            stop_signal="SIGKILL",
+        )
+        try:
+            await self.start_container(container_id)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.remove_container(container_id)
+            raise
+        return container_id
+
+    async def create_container(self, request: ContainerRequest) -> ContainerID:
+        mounts = [
+            docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
+            for m in request.mounts
+        ]
+        host_config = self._api.create_host_config(
+            network_mode=f"container:{request.sandbox_id}",
+            nano_cpus=request.nano_cpus,
+            mem_limit=request.memory_bytes,
+            # No swap: a memory limit must end in an OOM kill, not in swapping.
+            memswap_limit=request.memory_bytes,
+            privileged=request.privileged,
+            cap_add=list(request.cap_add) or None,
+            cap_drop=list(request.cap_drop) or None,
+            read_only=request.read_only_rootfs,
+            security_opt=["no-new-privileges"] if request.no_new_privileges else None,
+            mounts=mounts or None,
+        )
+        return await self._create(
+            request.labels,
+            image=request.image,
+            entrypoint=list(request.entrypoint) if request.entrypoint is not None else None,
+            command=list(request.args) if request.args is not None else None,
+            environment=[f"{k}={v}" for k, v in request.env],
+            working_dir=request.working_dir,
+            user=request.user,
+            host_config=host_config,
+        )
+
+    async def _create(self, labels: ContainerLabels, **kwargs: Any) -> ContainerID:
+        name = container_name_for(labels)
+        try:
+            created = await self._call(
+                self._api.create_container,
+                name=name,
+                labels=labels.render(),
+                use_config_proxy=False,
+                **kwargs,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise ContainerConflict(f"container {name} exists already") from exc
+            raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+        container_id = ContainerID(created["Id"])
+        with self._lock:
+            self._ours.add(container_id)
+        return container_id
+
+    async def start_container(self, container_id: ContainerID) -> None:
+        if not await self._require_ours(container_id):
+            raise RuntimeOperationError(f"container {container_id[:12]} is gone")
+        try:
+            await self._call(self._api.start, container_id)
+        except docker.errors.APIError as exc:
+            raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+
+    async def stop_container(self, container_id: ContainerID, *, grace_seconds: int) -> None:
+        if not await self._require_ours(container_id):
+            return
+        try:
+            await self._call(self._api.stop, container_id, timeout=max(0, grace_seconds))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+
+    async def remove_container(self, container_id: ContainerID) -> None:
+        if not await self._require_ours(container_id):
+            return
+        try:
+            await self._call(self._api.remove_container, container_id, v=True, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # "removal already in progress" is success arriving late.
+            if exc.status_code != 409:
+                raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+        with self._lock:
+            self._ours.discard(container_id)
+
+    async def logs_tail(self, container_id: ContainerID, *, lines: int) -> str:
+        if not await self._require_ours(container_id):
+            return ""
+        try:
+            raw = await self._call(
+                self._api.logs, container_id, stdout=True, stderr=True, tail=lines
+            )
+        except docker.errors.APIError:
+            return ""
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    async def exec_in_container(
+        self, container_id: ContainerID, command: tuple[str, ...], *, timeout_seconds: float
+    ) -> ExecResult:
+        if not await self._require_ours(container_id):
+            raise RuntimeOperationError(f"container {container_id[:12]} is gone")
+
+        def run() -> ExecResult:
+            try:
+                exec_id = self._api.exec_create(container_id, list(command))["Id"]
+                output = self._api.exec_start(exec_id)
+                code = self._api.exec_inspect(exec_id).get("ExitCode")
+            except docker.errors.APIError as exc:
+                return ExecResult(exit_code=126, output=exc.explanation or str(exc))
+            return ExecResult(
+                exit_code=int(code) if code is not None else -1,
+                output=bytes(output).decode("utf-8", errors="replace"),
+            )
+
+        try:
+            return await asyncio.wait_for(self._call(run), timeout=timeout_seconds)
+        except TimeoutError:
+            # Like the kubelet on Docker: the process may live on; the probe failed anyway.
+            return ExecResult(exit_code=-1, output=f"timed out after {timeout_seconds}s")
+
+    async def image_info(self, image: str) -> ImageInfo | None:
+        try:
+            data = await self._call(self._api.inspect_image, image)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+        return ImageInfo(id=str(data["Id"]), tags=tuple(data.get("RepoTags") or ()))
+
+    async def pull_image(self, image: str) -> ImageInfo:
+        repository, tag = docker.utils.parse_repository_tag(image)
+        try:
+            await self._call(self._api.pull, repository, tag=tag or "latest")
+        except docker.errors.APIError as exc:
+            raise ImagePullError(exc.explanation or str(exc)) from exc
+        info = await self.image_info(image)
+        if info is None:
+            raise ImagePullError(f"image {image} absent after a successful pull")
+        return info
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RuntimeEvent | BaseException | None] = asyncio.Queue()
+        filters = {
+            "type": "container",
+            "event": [k.value for k in EventKind],
+            "label": [f"{NODE_LABEL}={self._node}", ROLE_LABEL],
+        }
+        try:
+            stream = await self._call(self._api.events, decode=True, filters=filters)
+        except docker.errors.APIError as exc:
+            raise RuntimeUnavailable(f"docker events: {exc}") from exc
+
+        def pump() -> None:
+            try:
+                for item in stream:
+                    event = _event_from(item)
+                    if event is not None:
+                        loop.call_soon_threadsafe(queue.put_nowait, event)
+            except Exception as exc:  # the stream broke: tell the reader, don't hide it
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        thread = threading.Thread(target=pump, name="docker-events", daemon=True)
+        thread.start()
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise RuntimeUnavailable(f"docker events stream broke: {item}") from item
+                yield item
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
+def _event_from(item: Mapping[str, Any]) -> RuntimeEvent | None:
+    actor = item.get("Actor") or {}
+    labels = ContainerLabels.parse(actor.get("Attributes"))
+    try:
+        kind = EventKind(item.get("Action") or item.get("status") or "")
+    except ValueError:
+        return None
+    if labels is None:
+        return None
+    return RuntimeEvent(
+        kind=kind, container_id=ContainerID(actor.get("ID", "")), instance_uid=labels.instance_uid
+    )
