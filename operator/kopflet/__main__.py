@@ -1,0 +1,3 @@
+from kopflet.cli import main
+
+raise SystemExit(main())
