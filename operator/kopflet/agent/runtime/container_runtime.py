@@ -98,6 +98,8 @@ class ContainerRequest:
 class ImageInfo:
     id: str
     tags: tuple[str, ...] = ()
+    #: The image's configured user (``runAsNonRoot`` checks it), empty for root.
+    user: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

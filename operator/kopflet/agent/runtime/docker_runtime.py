@@ -390,7 +390,11 @@ class DockerRuntime:
             return None
         except docker.errors.APIError as exc:
             raise RuntimeOperationError(exc.explanation or str(exc)) from exc
-        return ImageInfo(id=str(data["Id"]), tags=tuple(data.get("RepoTags") or ()))
+        return ImageInfo(
+            id=str(data["Id"]),
+            tags=tuple(data.get("RepoTags") or ()),
+            user=str((data.get("Config") or {}).get("User") or ""),
+        )
 
     async def pull_image(self, image: str) -> ImageInfo:
         repository, tag = docker.utils.parse_repository_tag(image)
