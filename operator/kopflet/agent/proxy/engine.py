@@ -1,0 +1,152 @@
+"""ProxyEngine: the one object the agent's main loop drives for the kube-proxy role."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from loguru import logger
+
+from kopflet.agent.proxy.cleanup import CleanupReport, cleanup_all
+from kopflet.agent.proxy.clock import ProxyClock
+from kopflet.agent.proxy.commands import CommandRunner
+from kopflet.agent.proxy.conntrack import ConntrackFlush, flush_conntrack
+from kopflet.agent.proxy.conversion import (
+    node_route_from_object,
+    service_key,
+    service_ports_from_object,
+)
+from kopflet.agent.proxy.host_routes import HostRoutes
+from kopflet.agent.proxy.iptables_proxier import IptablesProxier
+from kopflet.agent.proxy.metrics import ProxyMetrics, default_metrics
+from kopflet.agent.proxy.model import PROXY_MODES, NodeName, ProxyMode
+from kopflet.agent.proxy.netfilter_backend import (
+    IptablesBackend,
+    NetfilterBackend,
+    NftablesBackend,
+    detect_iptables_variant,
+)
+from kopflet.agent.proxy.nftables_proxier import NftablesProxier
+from kopflet.agent.proxy.proxier import Proxier
+from kopflet.agent.proxy.sync_schedule import SyncPolicy
+from kopflet.agent.proxy.syncer import ProxySyncer
+from kopflet.agent.proxy.userspace_proxier import UserspaceProxier
+from kopflet.api import ModelError
+
+Obj = Mapping[str, Any]
+
+
+def make_proxier(
+    mode: ProxyMode, *, runner: CommandRunner, backend: NetfilterBackend | None = None
+) -> Proxier:
+    if mode == "iptables":
+        variant_backend = backend or IptablesBackend(
+            variant=detect_iptables_variant(runner), runner=runner
+        )
+        return IptablesProxier(variant_backend)
+    if mode == "nftables":
+        return NftablesProxier(backend or NftablesBackend(runner))
+    if mode == "userspace":
+        return UserspaceProxier(runner)
+    raise ValueError(f"unknown proxy mode {mode!r}; expected one of {', '.join(PROXY_MODES)}")
+
+
+class ProxyEngine:
+    """Feed it ProxyService and NodeAgent objects; it keeps the node's proxy in step.
+
+    ``runner`` says which network namespace the commands run in (the current one by
+    default); ``backend`` replaces the netfilter backend (tests); ``host_routes`` and
+    ``conntrack`` switch those duties off where another component owns them.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        mode: ProxyMode = "iptables",
+        backend: NetfilterBackend | None = None,
+        runner: CommandRunner | None = None,
+        clock: ProxyClock | None = None,
+        policy: SyncPolicy | None = None,
+        metrics: ProxyMetrics | None = None,
+        host_routes: bool = True,
+        conntrack: bool = True,
+    ) -> None:
+        self.mode: ProxyMode = mode
+        self._runner = runner or CommandRunner()
+        runner_ = self._runner
+
+        def flush(flushes: Sequence[ConntrackFlush]) -> Sequence[Exception]:
+            return list(flush_conntrack(flushes, runner_))
+
+        self.syncer = ProxySyncer(
+            proxier=make_proxier(mode, runner=self._runner, backend=backend),
+            node_name=NodeName(node_name),
+            clock=clock,
+            policy=policy,
+            metrics=metrics or default_metrics(),
+            routes=HostRoutes(self._runner) if host_routes else None,
+            # Userspace relays keep no conntrack state of ours; they drop their own
+            # sessions to removed endpoints.
+            conntrack=flush if conntrack and mode != "userspace" else None,
+        )
+
+    def on_service(self, old: Obj | None, new: Obj | None) -> None:
+        """A ProxyService was added (old=None), changed, or deleted (new=None)."""
+        obj = new if new is not None else old
+        if obj is None:
+            return
+        key = service_key(obj)
+        if new is None:
+            ports = {}
+        else:
+            try:
+                ports = service_ports_from_object(new)
+            except ModelError as exc:
+                # Static stability: a malformed update keeps the rules of the last good one.
+                logger.warning("ProxyService {}/{} ignored: {}", *key, exc)
+                return
+        self.syncer.services.update_service(key, ports)
+        if self.syncer.services.has_pending:
+            self.syncer.request_sync()
+
+    def on_node(self, old: Obj | None, new: Obj | None) -> None:
+        """A NodeAgent was added, changed or deleted."""
+        obj = new if new is not None else old
+        if obj is None:
+            return
+        name = NodeName(str((obj.get("metadata") or {}).get("name") or ""))
+        route = None
+        if new is not None:
+            try:
+                route = node_route_from_object(new)
+            except ModelError as exc:
+                logger.warning("NodeAgent {} ignored: {}", name, exc)
+                return
+        self.syncer.nodes.update(name, route)
+        if self.syncer.nodes.has_pending:
+            self.syncer.request_sync()
+
+    def mark_initial_lists_complete(self) -> None:
+        """Every existing ProxyService and NodeAgent has been fed: programming may start."""
+        self.syncer.mark_initial_lists_complete()
+
+    async def run(self) -> None:
+        """Sync until cancelled. Cancelling leaves the programmed rules in place."""
+        await self.syncer.run()
+
+    async def sync_now(self) -> bool:
+        """One sync pass right away (the loop keeps its own schedule); refused (``False``)
+        before the initial lists are complete."""
+        if not self.syncer.schedule.initial_lists_complete:
+            return False
+        return await self.syncer.sync_once()
+
+    @property
+    def last_successful_sync(self) -> float | None:
+        """Wall-clock time of the last successful sync, for health reporting."""
+        return self.syncer.last_success_time
+
+    def cleanup(self) -> CleanupReport:
+        """Remove every chain, table, route and link of ours from the node (all modes)."""
+        return cleanup_all(self._runner)

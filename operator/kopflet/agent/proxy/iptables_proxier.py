@@ -1,0 +1,128 @@
+"""iptables mode: render the ruleset, apply it in one ``iptables-restore --noflush``.
+
+Full sync: read what is programmed (``iptables-save``) to find hooks that are missing
+and chains of ours nobody needs any more, then write every chain of ours. Partial
+sync: trust what the last successful sync left, and write only the shared chains and
+the chains of service-ports that changed. A failure forgets that trust, so the next
+sync is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Set
+
+from kopflet.agent.proxy import chain_names as names
+from kopflet.agent.proxy.iptables_render import (
+    HOOKS,
+    TABLES,
+    Hook,
+    RenderedRuleset,
+    render_iptables_ruleset,
+)
+from kopflet.agent.proxy.model import ChainName, ProxyMode, ServicePortName
+from kopflet.agent.proxy.netfilter_backend import (
+    NetfilterBackend,
+    iptables_chains,
+    iptables_rules,
+)
+from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
+
+
+def missing_hooks(saved: Mapping[str, str]) -> list[Hook]:
+    """Hooks whose jump is absent from their built-in chain, per ``iptables-save`` output.
+
+    Matched on chain and target only: ``iptables-save`` reorders match options, so the
+    saved text of a rule is not the text we wrote.
+    """
+    missing = []
+    for hook in HOOKS:
+        rules = iptables_rules(saved.get(hook.table, ""))
+        if not any(
+            r.startswith(f"-A {hook.chain} ") and r.endswith(f"-j {hook.target}") for r in rules
+        ):
+            missing.append(hook)
+    return missing
+
+
+class IptablesProxier:
+    def __init__(self, backend: NetfilterBackend) -> None:
+        self.backend = backend
+        # Chains of ours that the last successful sync left programmed, and the rule
+        # count of every service-port it wrote: None until a full sync succeeded.
+        self._programmed: Mapping[str, frozenset[ChainName]] | None = None
+        self._rules_by_service: dict[ServicePortName, int] = {}
+        self.last_ruleset: RenderedRuleset | None = None
+
+    @property
+    def mode(self) -> ProxyMode:
+        return "iptables"
+
+    async def sync(
+        self, state: ProxyState, *, changed: Set[ServicePortName], full: bool
+    ) -> SyncOutcome:
+        return await asyncio.to_thread(self.sync_blocking, state, changed=changed, full=full)
+
+    def sync_blocking(
+        self, state: ProxyState, *, changed: Set[ServicePortName], full: bool
+    ) -> SyncOutcome:
+        full = full or self._programmed is None
+        try:
+            rendered = self._render(state, changed=changed, full=full)
+            self.backend.restore(rendered.text)
+        except BaseException:
+            self._programmed = None
+            raise
+        self.last_ruleset = rendered
+        self._programmed = rendered.chains
+        if full:
+            self._rules_by_service = {}
+        self._rules_by_service.update(rendered.rules_by_service)
+        for name in set(self._rules_by_service) - set(state.service_ports):
+            del self._rules_by_service[name]
+        total = rendered.fixed_rule_count + sum(self._rules_by_service.values())
+        return SyncOutcome(full=full, rules_programmed=total)
+
+    def _render(
+        self, state: ProxyState, *, changed: Set[ServicePortName], full: bool
+    ) -> RenderedRuleset:
+        if full or self._programmed is None:
+            saved = {table: self.backend.save(table) for table in TABLES}
+            stale = {
+                table: {ChainName(c) for c in iptables_chains(saved[table]) if names.is_hashed(c)}
+                for table in TABLES
+            }
+            return render_iptables_ruleset(
+                state.service_ports,
+                instance_cidrs=state.instance_cidrs,
+                stale_chains=stale,
+                missing_hooks=missing_hooks(saved),
+            )
+        skip = {
+            name
+            for name in state.service_ports
+            if name not in changed and name in self._rules_by_service
+        }
+        return render_iptables_ruleset(
+            state.service_ports,
+            instance_cidrs=state.instance_cidrs,
+            skip=skip,
+            stale_chains={
+                t: {c for c in chains if names.is_hashed(c)}
+                for t, chains in self._programmed.items()
+            },
+            missing_hooks=(),
+        )
+
+    async def canary_intact(self) -> bool:
+        return await asyncio.to_thread(self.canary_intact_blocking)
+
+    def canary_intact_blocking(self) -> bool:
+        for table in TABLES:
+            rules = self.backend.list_chain(table, names.CANARY)
+            if not rules or not any("kopflet canary" in r for r in rules):
+                return False
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,284 @@
+"""The iptables ruleset of the proxy, rendered whole as ``iptables-restore`` input.
+
+Pure: service-ports in, text out. The shape follows kube-proxy's iptables mode:
+
+* nat ``KOPFLET-SERVICES`` (hooked from PREROUTING and OUTPUT) matches a virtual IP
+  and port and jumps to that service-port's ``KFL-SVC-…`` chain; its last rule sends
+  traffic to a local address on to ``KOPFLET-NODEPORTS``;
+* ``KFL-SVC-…`` picks an endpoint chain ``KFL-SEP-…``: first by ClientIP affinity
+  (``recent``), then at random with ``statistic`` probability ``1/(n-i)`` so that every
+  endpoint gets ``1/n`` of the new connections;
+* ``KFL-SEP-…`` marks hairpin traffic for masquerade and DNATs to the endpoint;
+* ``KOPFLET-POSTROUTING`` masquerades what was marked (node ports, hairpin);
+* filter ``KOPFLET-SERVICES`` / ``KOPFLET-EXTERNAL-SERVICES`` reject new connections
+  to service-ports without endpoints at once, and ``KOPFLET-FORWARD`` lets service
+  and instance-subnet traffic through a FORWARD policy of DROP (Docker's).
+
+Everything is declared with ``--noflush`` semantics in mind: a declared chain is
+flushed and refilled in the same transaction; a chain left undeclared keeps its rules,
+which is how a partial sync skips the chains of unchanged service-ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+
+from kopflet.agent.proxy import chain_names as names
+from kopflet.agent.proxy.model import ChainName, ServicePortInfo, ServicePortName
+
+NAT = "nat"
+FILTER = "filter"
+TABLES = (FILTER, NAT)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A jump from a built-in chain into ours: the only rules of ours outside our chains."""
+
+    table: str
+    chain: str
+    spec: str
+
+    @property
+    def target(self) -> str:
+        return self.spec.rsplit("-j ", 1)[1].split()[0]
+
+
+_NEW = "-m conntrack --ctstate NEW"
+
+HOOKS: tuple[Hook, ...] = (
+    Hook(
+        FILTER,
+        "INPUT",
+        f'{_NEW} -m comment --comment "kopflet externally-visible service portals"'
+        f" -j {names.EXTERNAL_SERVICES}",
+    ),
+    Hook(
+        FILTER,
+        "OUTPUT",
+        f'{_NEW} -m comment --comment "kopflet service portals" -j {names.SERVICES}',
+    ),
+    Hook(FILTER, "FORWARD", f'-m comment --comment "kopflet forwarding rules" -j {names.FORWARD}'),
+    Hook(NAT, "PREROUTING", f'-m comment --comment "kopflet service portals" -j {names.SERVICES}'),
+    Hook(NAT, "OUTPUT", f'-m comment --comment "kopflet service portals" -j {names.SERVICES}'),
+    Hook(
+        NAT,
+        "POSTROUTING",
+        f'-m comment --comment "kopflet postrouting rules" -j {names.POSTROUTING}',
+    ),
+)
+
+FIXED_CHAINS: Mapping[str, tuple[ChainName, ...]] = {
+    FILTER: (names.SERVICES, names.EXTERNAL_SERVICES, names.FORWARD, names.CANARY),
+    NAT: (names.SERVICES, names.NODEPORTS, names.POSTROUTING, names.MARK_MASQ, names.CANARY),
+}
+
+CANARY_RULE = f'-A {names.CANARY} -m comment --comment "kopflet canary" -j RETURN'
+
+_MARK = f"{names.MASQ_MARK:#x}"
+
+
+@dataclass(frozen=True)
+class RenderedRuleset:
+    """``text`` for ``iptables-restore --noflush``; ``chains`` every chain of ours that
+    exists once it is applied (skipped ones included); ``rules_by_service`` the rules
+    written per service-port (skipped ones are absent)."""
+
+    text: str
+    chains: Mapping[str, frozenset[ChainName]]
+    fixed_rule_count: int
+    rules_by_service: Mapping[ServicePortName, int] = field(default_factory=dict)
+
+
+class _Table:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.chains: list[ChainName] = []
+        self.rules: list[str] = []
+        self.deletions: list[str] = []
+
+    def chain(self, chain: ChainName) -> None:
+        self.chains.append(chain)
+
+    def rule(self, *words: str) -> None:
+        self.rules.append(" ".join(words))
+
+    def text(self) -> list[str]:
+        return [
+            f"*{self.name}",
+            *(f":{c} - [0:0]" for c in self.chains),
+            *self.rules,
+            *self.deletions,
+            "COMMIT",
+        ]
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def _match(protocol: str, port: int) -> str:
+    proto = protocol.lower()
+    return f"-p {proto} -m {proto} --dport {port}"
+
+
+def render_iptables_ruleset(
+    service_ports: Mapping[ServicePortName, ServicePortInfo],
+    *,
+    instance_cidrs: Iterable[str] = (),
+    skip: Set[ServicePortName] = frozenset(),
+    stale_chains: Mapping[str, Iterable[ChainName]] | None = None,
+    missing_hooks: Iterable[Hook] = HOOKS,
+) -> RenderedRuleset:
+    """Render every chain of ours for ``service_ports``.
+
+    ``skip``: service-ports whose own chains are already programmed as they should be
+    (partial sync); their jumps in the shared chains are still written. ``stale_chains``
+    per table are flushed and deleted. ``missing_hooks`` are inserted at the top of
+    their built-in chains (the caller checks which exist; by default all are written).
+    """
+    filt, nat = _Table(FILTER), _Table(NAT)
+    tables = {FILTER: filt, NAT: nat}
+    for table in (filt, nat):
+        for chain in FIXED_CHAINS[table.name]:
+            table.chain(chain)
+    for hook in missing_hooks:
+        tables[hook.table].rule(f"-I {hook.chain} 1 {hook.spec}")
+    _render_fixed_rules(filt, nat, instance_cidrs=sorted(set(instance_cidrs)))
+    fixed = len(filt.rules) + len(nat.rules)
+    active: dict[str, set[ChainName]] = {FILTER: set(filt.chains), NAT: set(nat.chains)}
+    per_service: dict[ServicePortName, int] = {}
+    for name in sorted(service_ports):
+        info = service_ports[name]
+        before = len(filt.rules) + len(nat.rules)
+        written_chains = _render_service_port(filt, nat, name, info, skip_own_chains=name in skip)
+        active[NAT].update(written_chains)
+        if name not in skip:
+            per_service[name] = len(filt.rules) + len(nat.rules) - before
+    nat.rule(
+        f"-A {names.SERVICES}",
+        _comment("kopflet service nodeports; NOTE: this must be the last rule in this chain"),
+        f"-m addrtype --dst-type LOCAL -j {names.NODEPORTS}",
+    )
+    fixed += 1
+    for table_name, chains in (stale_chains or {}).items():
+        table = tables[table_name]
+        for chain in sorted(set(chains) - active[table_name]):
+            table.chain(chain)
+            table.deletions.append(f"-X {chain}")
+    text = "\n".join([*filt.text(), *nat.text()]) + "\n"
+    return RenderedRuleset(
+        text=text,
+        chains={t: frozenset(c) for t, c in active.items()},
+        fixed_rule_count=fixed,
+        rules_by_service=per_service,
+    )
+
+
+def _render_fixed_rules(filt: _Table, nat: _Table, *, instance_cidrs: list[str]) -> None:
+    for table in (filt, nat):
+        table.rules.append(CANARY_RULE)
+    filt.rule(f"-A {names.FORWARD} -m conntrack --ctstate NEW -j {names.SERVICES}")
+    filt.rule(
+        f"-A {names.FORWARD}",
+        _comment("kopflet forwarding rules"),
+        f"-m mark --mark {_MARK}/{_MARK} -j ACCEPT",
+    )
+    filt.rule(
+        f"-A {names.FORWARD}",
+        _comment("kopflet forwarding conntrack rule"),
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    )
+    # Host subnetting: instances of other nodes reach ours (and ours them) by routing,
+    # which a FORWARD policy of DROP would stop.
+    for cidr in instance_cidrs:
+        filt.rule(
+            f"-A {names.FORWARD}", _comment("kopflet instance subnet"), f"-d {cidr} -j ACCEPT"
+        )
+        filt.rule(
+            f"-A {names.FORWARD}", _comment("kopflet instance subnet"), f"-s {cidr} -j ACCEPT"
+        )
+    nat.rule(f"-A {names.MARK_MASQ} -j MARK --or-mark {_MARK}")
+    nat.rule(f"-A {names.POSTROUTING} -m mark ! --mark {_MARK}/{_MARK} -j RETURN")
+    # Clear the mark so a packet re-entering the stack (tunnels) isn't masqueraded twice.
+    nat.rule(f"-A {names.POSTROUTING} -j MARK --xor-mark {_MARK}")
+    nat.rule(
+        f"-A {names.POSTROUTING}",
+        _comment("kopflet service traffic requiring SNAT"),
+        "-j MASQUERADE --random-fully",
+    )
+
+
+def _render_service_port(
+    filt: _Table,
+    nat: _Table,
+    name: ServicePortName,
+    info: ServicePortInfo,
+    *,
+    skip_own_chains: bool,
+) -> list[ChainName]:
+    """Rules of one service-port; returns the nat chains of its own that now exist."""
+    match = _match(info.protocol, info.port)
+    if not info.endpoints:
+        # REJECT in filter, not nat: the client gets "connection refused" at once
+        # instead of waiting for a SYN that goes nowhere.
+        filt.rule(
+            f"-A {names.SERVICES}",
+            _comment(f"{name} has no endpoints"),
+            f"-d {info.cluster_ip}/32 {match} -j REJECT",
+        )
+        if info.node_port is not None:
+            filt.rule(
+                f"-A {names.EXTERNAL_SERVICES}",
+                _comment(f"{name} has no endpoints"),
+                f"-m addrtype --dst-type LOCAL {_match(info.protocol, info.node_port)} -j REJECT",
+            )
+        return []
+    svc = names.service_chain(name, info.protocol)
+    nat.rule(
+        f"-A {names.SERVICES}",
+        _comment(f"{name} cluster IP"),
+        f"-d {info.cluster_ip}/32 {match} -j {svc}",
+    )
+    if info.node_port is not None:
+        node_match = _match(info.protocol, info.node_port)
+        # Node-port traffic comes from anywhere and may leave for another node:
+        # masquerade it so the reply comes back through this node.
+        nat.rule(f"-A {names.NODEPORTS}", _comment(str(name)), f"{node_match} -j {names.MARK_MASQ}")
+        nat.rule(f"-A {names.NODEPORTS}", _comment(str(name)), f"{node_match} -j {svc}")
+    endpoint_chains = [names.endpoint_chain(name, info.protocol, e) for e in info.endpoints]
+    if skip_own_chains:
+        return [svc, *endpoint_chains]
+    nat.chain(svc)
+    for chain in endpoint_chains:
+        nat.chain(chain)
+    if info.affinity_timeout is not None:
+        for endpoint, chain in zip(info.endpoints, endpoint_chains, strict=True):
+            nat.rule(
+                f"-A {svc}",
+                _comment(f"{name} -> {endpoint.address}"),
+                f"-m recent --name {chain} --rcheck --seconds {info.affinity_timeout} --reap",
+                f"-j {chain}",
+            )
+    count = len(endpoint_chains)
+    for i, (endpoint, chain) in enumerate(zip(info.endpoints, endpoint_chains, strict=True)):
+        # Each rule takes 1/(n-i) of what the previous ones left: 1/n overall each.
+        pick = (
+            f"-m statistic --mode random --probability {1.0 / (count - i):.10f} "
+            if i < count - 1
+            else ""
+        )
+        nat.rule(f"-A {svc}", _comment(f"{name} -> {endpoint.address}"), f"{pick}-j {chain}")
+    proto = info.protocol.lower()
+    for endpoint, chain in zip(info.endpoints, endpoint_chains, strict=True):
+        # Hairpin: an endpoint reaching itself through the virtual IP must see the
+        # reply come from the virtual IP, so the node must be in the path.
+        nat.rule(f"-A {chain}", _comment(str(name)), f"-s {endpoint.ip}/32 -j {names.MARK_MASQ}")
+        recent = f"-m recent --name {chain} --set " if info.affinity_timeout is not None else ""
+        nat.rule(
+            f"-A {chain}",
+            _comment(str(name)),
+            f"-p {proto} {recent}-m {proto} -j DNAT --to-destination {endpoint.address}",
+        )
+    return [svc, *endpoint_chains]

@@ -1,0 +1,165 @@
+"""The transport boundary of the netfilter modes: apply a ruleset, read one back.
+
+The proxiers render text and hand it to a :class:`NetfilterBackend`; the real ones run
+``iptables-restore``/``iptables-save`` or ``nft``, the fake in ``fake_backend`` keeps the
+rules in memory. Nothing above this module runs a netfilter command.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Protocol
+
+from kopflet.agent.proxy import chain_names as names
+from kopflet.agent.proxy.commands import CommandError, CommandRunner
+
+IptablesVariant = Literal["nft", "legacy"]
+IPTABLES_VARIANTS: tuple[IptablesVariant, ...] = ("nft", "legacy")
+
+
+class NetfilterError(RuntimeError):
+    """Applying or reading rules failed; the next sync must be a full one."""
+
+
+class NetfilterBackend(Protocol):
+    """``table`` is ``nat``/``filter`` for iptables and our table's name for nft."""
+
+    @property
+    def name(self) -> str: ...
+
+    def restore(self, ruleset: str) -> None:
+        """Apply ``ruleset`` in one transaction, leaving everything it doesn't name alone."""
+        ...
+
+    def save(self, table: str) -> str:
+        """The table as its tool prints it; empty if it doesn't exist."""
+        ...
+
+    def list_chain(self, table: str, chain: str) -> list[str] | None:
+        """The rules of one chain, or ``None`` if the chain doesn't exist."""
+        ...
+
+
+class IptablesBackend:
+    """``iptables-restore --noflush`` of the variant (nft or legacy) the node's Docker uses."""
+
+    def __init__(self, *, variant: IptablesVariant, runner: CommandRunner | None = None) -> None:
+        self.variant: IptablesVariant = variant
+        self._runner = runner or CommandRunner()
+
+    @property
+    def name(self) -> str:
+        return f"iptables-{self.variant}"
+
+    def _tool(self, suffix: str = "") -> str:
+        return f"iptables-{self.variant}{suffix}"
+
+    def restore(self, ruleset: str) -> None:
+        # --wait: legacy iptables serialises writers with a lock Docker also takes.
+        args = [self._tool("-restore"), "--noflush", "--wait", "5"]
+        try:
+            self._runner.run(args, stdin=ruleset)
+        except CommandError as exc:
+            raise NetfilterError(str(exc)) from exc
+
+    def save(self, table: str) -> str:
+        try:
+            return self._runner.run([self._tool("-save"), "-t", table]).stdout
+        except CommandError as exc:
+            raise NetfilterError(str(exc)) from exc
+
+    def list_chain(self, table: str, chain: str) -> list[str] | None:
+        done = self._runner.run(
+            [self._tool(), "--wait", "5", "-t", table, "-S", chain], check=False
+        )
+        if done.returncode != 0:
+            return None
+        return [line for line in done.stdout.splitlines() if line.startswith("-A ")]
+
+    def delete_rule(self, table: str, rule: str) -> None:
+        """Delete one rule given as ``-A CHAIN spec`` (the form ``iptables-save`` prints)."""
+        ruleset = f"*{table}\n-D {rule.removeprefix('-A ')}\nCOMMIT\n"
+        self.restore(ruleset)
+
+
+_NFT_TABLE = f"{names.NFT_FAMILY} {names.NFT_TABLE}"
+
+
+class NftablesBackend:
+    """``nft -f -`` on the one table of ours."""
+
+    name = "nftables"
+
+    def __init__(self, runner: CommandRunner | None = None) -> None:
+        self._runner = runner or CommandRunner()
+
+    def restore(self, ruleset: str) -> None:
+        try:
+            self._runner.run(["nft", "-f", "-"], stdin=ruleset)
+        except CommandError as exc:
+            raise NetfilterError(str(exc)) from exc
+
+    def save(self, table: str = names.NFT_TABLE) -> str:
+        done = self._runner.run(["nft", "list", "table", names.NFT_FAMILY, table], check=False)
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return ""
+            raise NetfilterError(done.stderr.strip())
+        return done.stdout
+
+    def list_chain(self, table: str, chain: str) -> list[str] | None:
+        done = self._runner.run(
+            ["nft", "list", "chain", names.NFT_FAMILY, table, chain], check=False
+        )
+        if done.returncode != 0:
+            return None
+        lines = [line.strip() for line in done.stdout.splitlines()]
+        return [ln for ln in lines if ln and not ln.startswith(("table ", "chain ", "}", "type "))]
+
+    def delete_table(self) -> None:
+        if self.save():
+            self.restore(f"delete table {_NFT_TABLE}\n")
+
+
+_CHAIN_LINE = re.compile(r"^:(\S+) ")
+
+
+def iptables_chains(saved: str) -> set[str]:
+    """Chain names declared in one table's ``iptables-save`` output."""
+    return {m.group(1) for line in saved.splitlines() if (m := _CHAIN_LINE.match(line))}
+
+
+def iptables_rules(saved: str) -> list[str]:
+    return [line for line in saved.splitlines() if line.startswith("-A ")]
+
+
+_NFT_OBJECT = re.compile(r"^\s*(chain|set|map) (\S+) \{")
+
+
+def nft_objects(listing: str) -> dict[str, set[str]]:
+    """``{"chain": {...}, "set": {...}, "map": {...}}`` of an ``nft list table`` output."""
+    found: dict[str, set[str]] = {"chain": set(), "set": set(), "map": set()}
+    for line in listing.splitlines():
+        if m := _NFT_OBJECT.match(line):
+            found[m.group(1)].add(m.group(2))
+    return found
+
+
+def detect_iptables_variant(runner: CommandRunner | None = None) -> IptablesVariant:
+    """The iptables variant whose tables hold Docker's chains, as Docker picked it.
+
+    Rules of both variants apply to every packet, but each tool sees only its own:
+    ours must live where the node's other rules live, or ``iptables-save`` on the
+    node would show half the picture. Failing Docker's, the variant already holding
+    ours (a restart), then nft, the default of current distributions.
+    """
+    runner = runner or CommandRunner()
+    saved: dict[IptablesVariant, str] = {}
+    for variant in IPTABLES_VARIANTS:
+        done = runner.run([f"iptables-{variant}-save"], check=False)
+        saved[variant] = done.stdout if done.returncode == 0 else ""
+    for marker in (":DOCKER", f":{names.FIXED_PREFIX}"):
+        holders = [v for v in IPTABLES_VARIANTS if marker in saved[v]]
+        if len(holders) == 1:
+            return holders[0]
+    return "nft"
