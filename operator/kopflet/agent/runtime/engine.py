@@ -1,0 +1,367 @@
+"""The runtime half's sync loop: one worker per instance, woken by Docker events and the relist.
+
+Level-triggered: a worker's pass re-reads the instance's containers from the engine,
+plans, acts, re-reads, and reports status; what woke it (a Docker event, a probe result,
+a new spec, a timer) only decides *when*. One worker per instance keeps the passes of
+one instance in order while instances sync in parallel.
+
+Nothing is removed before the first complete desired set arrived (``set_desired``): an
+agent that restarts while the API server is away must not mistake "not yet known" for
+"gone" and tear down every running instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from kopflet.agent.runtime import metrics
+from kopflet.agent.runtime.backoff import BackoffTable
+from kopflet.agent.runtime.clock import Clock, SystemClock
+from kopflet.agent.runtime.config import RuntimeConfig
+from kopflet.agent.runtime.container_runtime import (
+    ContainerRuntime,
+    NetworkInfo,
+    RuntimeOperationError,
+    RuntimeUnavailable,
+)
+from kopflet.agent.runtime.environment import ContainerConfigError, ReferenceResolver
+from kopflet.agent.runtime.image_pulls import PullKey
+from kopflet.agent.runtime.instance_actions import (
+    CrashKey,
+    PlanContext,
+    Waiting,
+    plan_instance_actions,
+)
+from kopflet.agent.runtime.instance_status import StatusInputs, compute_instance_status
+from kopflet.agent.runtime.labels import ContainerID
+from kopflet.agent.runtime.probe_manager import ProbeManager
+from kopflet.agent.runtime.probes import ProbeKey
+from kopflet.agent.runtime.records import ObservedInstance, RunState, observed_instance
+from kopflet.agent.runtime.relist import Relister
+from kopflet.agent.runtime.reporting import InstanceRef, RuntimeReporter
+from kopflet.agent.runtime.sync_instance import InstanceSyncer
+from kopflet.agent.runtime.volumes import InstanceVolumes
+from kopflet.api import UID, Instance, InstanceStatus
+
+logger = logging.getLogger(__name__)
+
+#: How long a worker waits before retrying a pass that failed on the engine or the API.
+RETRY_SECONDS = 2.0
+
+
+def _ref_from(observed: ObservedInstance) -> InstanceRef:
+    labels = observed.all[0].labels
+    return InstanceRef(
+        uid=observed.uid, name=labels.instance_name, namespace=labels.instance_namespace
+    )
+
+
+class RuntimeEngine:
+    def __init__(
+        self,
+        *,
+        runtime: ContainerRuntime,
+        config: RuntimeConfig,
+        resolver: ReferenceResolver,
+        reporter: RuntimeReporter,
+        clock: Clock | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._reporter = reporter
+        self._resolver = resolver
+        self._clock: Clock = clock or SystemClock()
+        self._desired: dict[UID, Instance] = {}
+        self._desired_known = asyncio.Event()
+        self._wakeups: dict[UID, asyncio.Event] = {}
+        self._workers: dict[UID, asyncio.Task[None]] = {}
+        #: The last status written per instance: the base of the next one, and what a new
+        #: status is compared with (the watch may not have echoed the write yet).
+        self._written: dict[UID, InstanceStatus] = {}
+        self._messages: dict[UID, dict[ContainerID, str]] = {}
+        self._crash_backoff: BackoffTable[CrashKey] = BackoffTable()
+        self._image_backoff: BackoffTable[PullKey] = BackoffTable()
+        self._relister = Relister(runtime, self._clock)
+        self._probes = ProbeManager(
+            runtime=runtime, clock=self._clock, on_result=self._on_probe_result
+        )
+        self._volumes = InstanceVolumes(config.volumes_dir, allow_host_path=config.allow_host_path)
+        self._syncer = InstanceSyncer(
+            runtime=runtime,
+            config=config,
+            volumes=self._volumes,
+            resolver=resolver,
+            reporter=reporter,
+            clock=self._clock,
+            crash_backoff=self._crash_backoff,
+            image_backoff=self._image_backoff,
+        )
+        self.network: NetworkInfo | None = None
+
+    # -- fed by the agent's main loop ---------------------------------------------------
+
+    def set_desired(self, instances: Iterable[Instance]) -> None:
+        """The complete set of Instances bound to this node (a fresh list after a watch
+        restart). Anything else the engine holds is an orphan and will be removed."""
+        fresh = {i.metadata.uid: i for i in instances if i.metadata.uid is not None}
+        for uid in self._desired.keys() | fresh.keys():
+            if self._desired.get(uid) != fresh.get(uid):
+                self.wake(uid)
+        self._desired = fresh
+        self._desired_known.set()
+        for uid in fresh:
+            self._ensure_worker(uid)
+
+    def put(self, instance: Instance) -> None:
+        """One Instance was added or changed (spec, deletion, rebinding to another node)."""
+        uid = instance.metadata.uid
+        assert uid is not None
+        self._desired[uid] = instance
+        self.wake(uid)
+        self._ensure_worker(uid)
+
+    def discard(self, uid: UID) -> None:
+        """An Instance left this node's watch (deleted, or bound elsewhere)."""
+        self._desired.pop(uid, None)
+        self.wake(uid)
+
+    def wake(self, uid: UID) -> None:
+        self._wakeups.setdefault(uid, asyncio.Event()).set()
+
+    def wake_all(self) -> None:
+        """A ConfigMap or Secret changed: files and CreateContainerConfigErrors may too."""
+        for uid in list(self._workers):
+            self.wake(uid)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def relist_age(self) -> float:
+        return self._relister.age(self._clock.now())
+
+    def healthy(self) -> bool:
+        """False when the engine has not been listed for too long (a hung or gone engine)."""
+        return self._relister.healthy(
+            self._clock.now(), threshold_seconds=self._config.relist_threshold_seconds
+        )
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs until cancelled; the containers stay as they are when it stops."""
+        try:
+            await self._ensure_network()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._relist_loop(), name="runtime-relist")
+                group.create_task(self._event_loop(), name="runtime-events")
+        finally:
+            workers = list(self._workers.values())
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._workers.clear()
+            await self._probes.close()
+
+    async def _ensure_network(self) -> None:
+        config = self._config
+        while self.network is None:
+            try:
+                self.network = await self._runtime.ensure_network(
+                    name=config.network_name,
+                    subnet=config.instance_subnet,
+                    bridge_name=config.bridge_name,
+                )
+            except (RuntimeUnavailable, RuntimeOperationError) as exc:
+                logger.warning("instance network not ready: %s", exc)
+                await self._clock.sleep(RETRY_SECONDS)
+
+    async def _relist_loop(self) -> None:
+        cleaned_volumes = False
+        while True:
+            started = self._clock.now()
+            try:
+                events = await self._relister.relist()
+            except Exception as exc:  # the age grows and tells; the loop must go on
+                logger.warning("relist failed: %s", exc)
+            else:
+                metrics.RELIST_DURATION.observe(self._clock.now() - started)
+                for uid in {e.instance_uid for e in events}:
+                    self.wake(uid)
+                if self._desired_known.is_set():
+                    for uid in self._relister.instance_uids():
+                        self._ensure_worker(uid)
+                    if not cleaned_volumes:
+                        self._remove_orphan_volumes()
+                        cleaned_volumes = True
+            metrics.RELIST_AGE.set(min(self.relist_age(), 1e9))
+            await self._clock.sleep(self._config.relist_period_seconds)
+
+    def _remove_orphan_volumes(self) -> None:
+        keep = set(self._desired) | self._relister.instance_uids()
+        for uid in self._volumes.known_uids() - keep:
+            self._volumes.remove(uid)
+
+    async def _event_loop(self) -> None:
+        while True:
+            try:
+                async for event in self._runtime.events():
+                    self.wake(event.instance_uid)
+            except Exception as exc:  # the relist is the backstop while events are away
+                logger.warning("docker events interrupted: %s", exc)
+            await self._clock.sleep(RETRY_SECONDS)
+
+    def _ensure_worker(self, uid: UID) -> None:
+        if not self._desired_known.is_set():
+            return
+        task = self._workers.get(uid)
+        if task is None or task.done():
+            self.wake(uid)
+            self._workers[uid] = asyncio.create_task(self._worker(uid), name=f"instance-{uid}")
+
+    async def _worker(self, uid: UID) -> None:
+        wake = self._wakeups.setdefault(uid, asyncio.Event())
+        while True:
+            wake.clear()
+            started = self._clock.now()
+            try:
+                done, wake_at = await self._sync(uid)
+            except (RuntimeUnavailable, RuntimeOperationError, OSError) as exc:
+                logger.warning("sync of instance %s failed, retrying: %s", uid, exc)
+                metrics.SYNC_ERRORS.inc()
+                done, wake_at = False, self._clock.now() + RETRY_SECONDS
+            finally:
+                metrics.SYNC_DURATION.observe(max(0.0, self._clock.now() - started))
+            if done and uid not in self._desired:
+                self._workers.pop(uid, None)
+                self._wakeups.pop(uid, None)
+                return
+            timeout = self._config.resync_period_seconds
+            if wake_at is not None:
+                timeout = max(0.0, min(timeout, wake_at - self._clock.now()))
+            await self._wait(wake, timeout)
+
+    async def _wait(self, wake: asyncio.Event, timeout: float) -> None:
+        waiter = asyncio.ensure_future(wake.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def _sync(self, uid: UID) -> tuple[bool, float | None]:
+        """One pass; returns (nothing of the instance is left, when to sync again)."""
+        desired = self._desired.get(uid)
+        observed = observed_instance(uid, await self._runtime.list_containers(uid))
+        if desired is None and not observed.all:
+            self._forget(uid)
+            return True, None
+        ref = InstanceRef.of(desired) if desired is not None else _ref_from(observed)
+        now = self._clock.now()
+        actions = plan_instance_actions(
+            desired,
+            observed,
+            PlanContext(
+                node=self._config.node_name,
+                now=now,
+                policy=self._config.crash_backoff,
+                backoff=self._crash_backoff.get,
+                verdicts=self._probes.verdicts(uid),
+            ),
+        )
+        result = await self._syncer.execute(desired, observed, actions, ref)
+        restarts = sum(1 for s in actions.start if s.restart_count > 0)
+        if restarts:
+            metrics.CONTAINER_RESTARTS.inc(restarts)
+        if not actions.is_empty:
+            observed = observed_instance(uid, await self._runtime.list_containers(uid))
+        wake_at = min((t for t in (actions.wake_at, result.wake_at) if t is not None), default=None)
+        mine = desired is not None and desired.spec.node_name == self._config.node_name
+        if desired is not None and mine:
+            deleting = desired.metadata.deletion_timestamp is not None
+            if not deleting and not actions.start:
+                self._refresh_volumes(desired)
+            self._probes.sync(desired, observed)
+            await self._collect_messages(observed)
+            waiting = {w.name: w for w in actions.waiting} | result.waiting
+            if not await self._report(desired, observed, waiting):
+                wake_at = min(wake_at or now + RETRY_SECONDS, now + RETRY_SECONDS)
+        if actions.cleaned_up:
+            self._forget(uid)
+            if desired is not None and mine:
+                await self._reporter.instance_cleaned_up(desired)
+            return desired is None or not mine, wake_at
+        return False, wake_at
+
+    def _refresh_volumes(self, instance: Instance) -> None:
+        # ConfigMap and Secret files follow their objects while the containers run; an
+        # object that vanished keeps its last files (the kubelet does the same).
+        with contextlib.suppress(ContainerConfigError, OSError):
+            self._volumes.prepare(instance, self._resolver)
+
+    async def _collect_messages(self, observed: ObservedInstance) -> None:
+        known = self._messages.setdefault(observed.uid, {})
+        for record in observed.containers:
+            if record.state is RunState.EXITED and record.id not in known:
+                known[record.id] = await self._runtime.logs_tail(
+                    record.id, lines=self._config.termination_message_lines
+                )
+        for cid in [c for c in known if all(r.id != c for r in observed.containers)]:
+            del known[cid]
+
+    async def _report(
+        self, instance: Instance, observed: ObservedInstance, waiting: dict[str, Waiting]
+    ) -> bool:
+        """Writes the status if it changed; False if the write failed (retry soon)."""
+        uid = observed.uid
+        previous = self._written.get(uid) or instance.status
+        status = compute_instance_status(
+            instance,
+            observed,
+            StatusInputs(
+                host_ip=self._config.host_ip,
+                now=self._clock.now(),
+                waiting=waiting,
+                started=self._probes.started,
+                ready=self._probes.ready,
+                messages=self._messages.get(uid, {}),
+            ),
+            previous=previous,
+        )
+        if previous is not None and status.to_dict() == previous.to_dict():
+            return True
+        try:
+            await self._reporter.instance_status(instance, status)
+        except Exception as exc:  # the API is away: the containers carry on regardless
+            logger.warning("status of %s not written: %s", uid, exc)
+            return False
+        self._written[uid] = status
+        return True
+
+    def _forget(self, uid: UID) -> None:
+        self._volumes.remove(uid)
+        self._probes.forget(uid)
+        self._crash_backoff.forget(lambda key: key[0] == uid)
+        self._image_backoff.forget(lambda key: key[0] == uid)
+        self._messages.pop(uid, None)
+        self._written.pop(uid, None)
+
+    def _on_probe_result(self, key: ProbeKey, ok: bool, message: str) -> None:
+        metrics.PROBE_RESULTS.labels(
+            probe_type=key.probe_type.value, result="success" if ok else "failure"
+        ).inc()
+        instance = self._desired.get(key.instance_uid)
+        if not ok and instance is not None:
+            self._reporter.event(
+                InstanceRef.of(instance),
+                type="Warning",
+                reason="Unhealthy",
+                message=f"{key.probe_type.value} probe failed: {message}".rstrip(": "),
+            )
+        self.wake(key.instance_uid)

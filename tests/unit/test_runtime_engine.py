@@ -1,0 +1,316 @@
+"""The engine's loops against the in-memory runtime: adoption, orphans, restarts, status."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kopflet.agent.runtime.backoff import BackoffPolicy
+from kopflet.agent.runtime.config import RuntimeConfig
+from kopflet.agent.runtime.container_runtime import ExecResult, ImageInfo
+from kopflet.agent.runtime.engine import RuntimeEngine
+from kopflet.agent.runtime.fake_runtime import FakeRuntime
+from kopflet.agent.runtime.reporting import EventType, InstanceRef
+from kopflet.api import Instance, InstanceStatus, Timestamp
+
+pytestmark = pytest.mark.unit
+
+IMAGE = "kopflet/busybox:test"
+SANDBOX_IMAGE = "kopflet/pause:test"
+
+
+class Objects:
+    def __init__(self) -> None:
+        self.config_maps: dict[str, dict[str, bytes]] = {}
+
+    def config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        return self.config_maps.get(f"{namespace}/{name}")
+
+    def secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        return None
+
+
+class Reporter:
+    def __init__(self) -> None:
+        self.statuses: dict[str, list[InstanceStatus]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.cleaned: list[str] = []
+
+    async def instance_status(self, instance: Instance, status: InstanceStatus) -> None:
+        self.statuses.setdefault(instance.metadata.name or "", []).append(status)
+
+    async def instance_cleaned_up(self, instance: Instance) -> None:
+        self.cleaned.append(instance.metadata.name or "")
+
+    def event(self, ref: InstanceRef, *, type: EventType, reason: str, message: str) -> None:
+        self.events.append((ref.name, reason, message))
+
+    def last(self, name: str) -> InstanceStatus | None:
+        found = self.statuses.get(name)
+        return found[-1] if found else None
+
+
+def make_instance(name: str, *, uid: str | None = None, **spec: Any) -> Instance:
+    body: dict[str, Any] = {
+        "nodeName": "node-a",
+        "terminationGracePeriodSeconds": 3,
+        "containers": [{"name": "main", "image": IMAGE}],
+    }
+    body.update(spec)
+    return Instance.from_dict(
+        {
+            "metadata": {"name": name, "namespace": "default", "uid": uid or f"uid-{name}"},
+            "spec": body,
+        }
+    )
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, runtime: FakeRuntime | None = None) -> None:
+        self.runtime = runtime or FakeRuntime(now=time.time, images=(IMAGE, SANDBOX_IMAGE))
+        self.reporter = Reporter()
+        self.objects = Objects()
+        self.config = RuntimeConfig(
+            node_name="node-a",
+            instance_subnet="10.244.1.0/24",
+            sandbox_image=SANDBOX_IMAGE,
+            volumes_dir=tmp_path / "volumes",
+            host_ip="192.168.50.2",
+            crash_backoff=BackoffPolicy(initial_seconds=0.4, max_seconds=2, reset_after_seconds=60),
+            image_backoff=BackoffPolicy(initial_seconds=0.4, max_seconds=2),
+            relist_period_seconds=0.05,
+            resync_period_seconds=0.2,
+            relist_threshold_seconds=0.5,
+        )
+        self.engine = RuntimeEngine(
+            runtime=self.runtime, config=self.config, resolver=self.objects, reporter=self.reporter
+        )
+
+    async def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
+        task = asyncio.create_task(self.engine.run())
+        try:
+            await asyncio.wait_for(scenario(self), timeout=10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def until(self, what: Callable[[], bool], *, seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+
+    def phase(self, name: str) -> str | None:
+        status = self.reporter.last(name)
+        return status.phase if status else None
+
+    def reason(self, name: str) -> str | None:
+        status = self.reporter.last(name)
+        return status.reason if status else None
+
+
+def test_instance_starts_in_its_sandbox_and_reports_running(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("web")])
+        await h.until(lambda: h.phase("web") == "Running")
+        status = h.reporter.last("web")
+        assert status is not None and status.instance_ip == "10.244.1.2"
+        [app] = h.runtime.running("main")
+        sandbox = next(r for r in h.runtime.running() if r.is_sandbox)
+        assert app.sandbox_id == sandbox.id
+        reasons = [r for n, r, _ in h.reporter.events if n == "web"]
+        assert reasons == ["Created", "Started"]
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_nothing_is_removed_before_the_first_desired_set(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("old")])
+        await h.until(lambda: len(h.runtime.running()) == 2)
+
+    first = Harness(tmp_path)
+    asyncio.run(first.run(scenario))
+    # A new agent on the same engine: until it knows what is desired, it touches nothing.
+    second = Harness(tmp_path, runtime=first.runtime)
+
+    async def restart(h: Harness) -> None:
+        calls_before = len(h.runtime.calls)
+        await asyncio.sleep(0.4)
+        assert len(h.runtime.running()) == 2 and h.runtime.calls[calls_before:] == []
+        h.engine.set_desired([])
+        await h.until(lambda: not h.runtime.containers)
+        assert ("stop", "main/3") in h.runtime.calls[calls_before:]
+
+    asyncio.run(second.run(restart))
+
+
+def test_restarted_agent_adopts_running_containers_without_duplicates(tmp_path: Path) -> None:
+    instances = [make_instance(f"web-{i}") for i in range(5)]
+
+    async def start(h: Harness) -> None:
+        h.engine.set_desired(instances)
+        await h.until(lambda: len(h.runtime.running("main")) == 5)
+
+    first = Harness(tmp_path)
+    asyncio.run(first.run(start))
+    second = Harness(tmp_path, runtime=first.runtime)
+    calls_before = len(first.runtime.calls)
+
+    async def adopt(h: Harness) -> None:
+        h.engine.set_desired(instances)
+        await h.until(lambda: all(h.phase(f"web-{i}") == "Running" for i in range(5)))
+        await asyncio.sleep(0.3)
+
+    asyncio.run(second.run(adopt))
+    assert first.runtime.calls[calls_before:] == []
+    assert len(first.runtime.running("main")) == 5
+
+
+def test_status_is_written_only_when_it_changes(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("web")])
+        await h.until(lambda: h.phase("web") == "Running")
+        writes = len(h.reporter.statuses["web"])
+        await asyncio.sleep(0.6)  # three resyncs and a dozen relists
+        assert len(h.reporter.statuses["web"]) == writes
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_crashing_container_restarts_then_waits_in_crash_loop_back_off(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("web")])
+        await h.until(lambda: len(h.runtime.running("main")) == 1)
+        h.runtime.exit(h.runtime.running("main")[0].id, code=1)
+        # The first crash restarts at once.
+        await h.until(lambda: len(h.runtime.running("main")) == 1)
+        h.runtime.exit(h.runtime.running("main")[0].id, code=1)
+        await h.until(lambda: h.reason("web") == "CrashLoopBackOff")
+        crashed_at = time.time()
+        await h.until(lambda: len(h.runtime.running("main")) == 1)
+        waited = time.time() - crashed_at
+        assert 0.2 < waited < 1.5  # the 0.4 s initial back-off of this harness
+        status = h.reporter.last("web")
+        assert status is not None and status.restart_count == 2
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_deleted_instance_is_stopped_with_its_grace_period_and_cleaned_up(
+    tmp_path: Path,
+) -> None:
+    async def scenario(h: Harness) -> None:
+        inst = make_instance("web", volumes=[{"name": "scratch", "emptyDir": {}}])
+        h.engine.set_desired([inst])
+        await h.until(lambda: h.phase("web") == "Running")
+        assert (tmp_path / "volumes" / "uid-web" / "scratch").is_dir()
+        deleting = dataclasses.replace(
+            inst,
+            metadata=dataclasses.replace(
+                inst.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
+            ),
+        )
+        h.engine.put(deleting)
+        await h.until(lambda: h.reporter.cleaned == ["web"])
+        assert not h.runtime.containers
+        assert ("stop", "main/3") in h.runtime.calls
+        assert not (tmp_path / "volumes" / "uid-web").exists()
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_instance_bound_to_another_node_is_removed(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        inst = make_instance("web")
+        h.engine.set_desired([inst])
+        await h.until(lambda: h.phase("web") == "Running")
+        h.engine.put(make_instance("web", nodeName="node-b"))
+        await h.until(lambda: not h.runtime.containers)
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_missing_config_map_key_blocks_the_start_until_it_appears(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        env = [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}}]
+        h.engine.set_desired(
+            [make_instance("web", containers=[{"name": "main", "image": IMAGE, "env": env}])]
+        )
+        await h.until(lambda: h.reason("web") == "CreateContainerConfigError")
+        status = h.reporter.last("web")
+        assert status is not None and status.container_statuses is not None
+        waiting = status.container_statuses[0].state
+        assert waiting is not None and waiting.waiting is not None
+        assert waiting.waiting.message == 'configmap "cfg" not found'
+        h.objects.config_maps["default/cfg"] = {"mode": b"fast"}
+        h.engine.wake_all()
+        await h.until(lambda: h.phase("web") == "Running")
+        [app] = h.runtime.running("main")
+        request = h.runtime.requests[app.id]
+        assert ("MODE", "fast") in getattr(request, "env", ())
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_unreachable_registry_is_err_image_pull_then_image_pull_back_off(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired(
+            [make_instance("web", containers=[{"name": "main", "image": "far/away:1"}])]
+        )
+
+        def reasons() -> list[str | None]:
+            seen = [s.reason for s in h.reporter.statuses.get("web", [])]
+            return [r for i, r in enumerate(seen) if i == 0 or seen[i - 1] != r]
+
+        await h.until(lambda: "ImagePullBackOff" in reasons())
+        assert reasons()[:2] == ["ErrImagePull", "ImagePullBackOff"]
+        h.runtime.pullable["far/away:1"] = ImageInfo(id="sha256:far")
+        await h.until(lambda: h.phase("web") == "Running", seconds=5)
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_liveness_failure_kills_and_restarts_the_container(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        probe = {
+            "exec": {"command": ["check"]},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+            "timeoutSeconds": 1,
+        }
+        # Sick once, healthy ever after.
+        h.runtime.exec_results[("check",)] = [
+            ExecResult(exit_code=1, output="sick"),
+            ExecResult(exit_code=0),
+        ]
+        h.engine.set_desired(
+            [
+                make_instance(
+                    "web", containers=[{"name": "main", "image": IMAGE, "livenessProbe": probe}]
+                )
+            ]
+        )
+        await h.until(lambda: any(r == "Unhealthy" for _, r, _ in h.reporter.events))
+        await h.until(lambda: ("stop", "main/3") in h.runtime.calls)
+        await h.until(lambda: (s := h.reporter.last("web")) is not None and s.restart_count == 1)
+        assert len(h.runtime.running("main")) == 1
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_unreachable_engine_makes_the_runtime_unhealthy(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        await h.until(lambda: h.engine.healthy())
+        h.runtime.available = False
+        await h.until(lambda: not h.engine.healthy())
+        h.runtime.available = True
+        await h.until(lambda: h.engine.healthy())
+
+    asyncio.run(Harness(tmp_path).run(scenario))
