@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +46,12 @@ def make_proxier(
         )
         return IptablesProxier(variant_backend)
     if mode == "nftables":
-        return NftablesProxier(backend or NftablesBackend(runner))
+        forward = None
+        if backend is None:
+            variant = detect_iptables_variant(runner)
+            if shutil.which(f"iptables-{variant}-restore") is not None:
+                forward = IptablesBackend(variant=variant, runner=runner)
+        return NftablesProxier(backend or NftablesBackend(runner), forward_backend=forward)
     if mode == "userspace":
         return UserspaceProxier(runner)
     raise ValueError(f"unknown proxy mode {mode!r}; expected one of {', '.join(PROXY_MODES)}")

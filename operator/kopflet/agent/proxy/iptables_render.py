@@ -180,6 +180,19 @@ def _render_fixed_rules(filt: _Table, nat: _Table, *, instance_cidrs: list[str])
     for table in (filt, nat):
         table.rules.append(CANARY_RULE)
     filt.rule(f"-A {names.FORWARD} -m conntrack --ctstate NEW -j {names.SERVICES}")
+    _render_forward_rules(filt, instance_cidrs=instance_cidrs)
+    nat.rule(f"-A {names.MARK_MASQ} -j MARK --or-mark {_MARK}")
+    nat.rule(f"-A {names.POSTROUTING} -m mark ! --mark {_MARK}/{_MARK} -j RETURN")
+    # Clear the mark so a packet re-entering the stack (tunnels) isn't masqueraded twice.
+    nat.rule(f"-A {names.POSTROUTING} -j MARK --xor-mark {_MARK}")
+    nat.rule(
+        f"-A {names.POSTROUTING}",
+        _comment("kopflet service traffic requiring SNAT"),
+        "-j MASQUERADE --random-fully",
+    )
+
+
+def _render_forward_rules(filt: _Table, *, instance_cidrs: list[str]) -> None:
     filt.rule(
         f"-A {names.FORWARD}",
         _comment("kopflet forwarding rules"),
@@ -191,23 +204,31 @@ def _render_fixed_rules(filt: _Table, nat: _Table, *, instance_cidrs: list[str])
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     )
     # Host subnetting: instances of other nodes reach ours (and ours them) by routing,
-    # which a FORWARD policy of DROP would stop.
+    # which a FORWARD policy of DROP (Docker's) would stop.
     for cidr in instance_cidrs:
-        filt.rule(
-            f"-A {names.FORWARD}", _comment("kopflet instance subnet"), f"-d {cidr} -j ACCEPT"
-        )
-        filt.rule(
-            f"-A {names.FORWARD}", _comment("kopflet instance subnet"), f"-s {cidr} -j ACCEPT"
-        )
-    nat.rule(f"-A {names.MARK_MASQ} -j MARK --or-mark {_MARK}")
-    nat.rule(f"-A {names.POSTROUTING} -m mark ! --mark {_MARK}/{_MARK} -j RETURN")
-    # Clear the mark so a packet re-entering the stack (tunnels) isn't masqueraded twice.
-    nat.rule(f"-A {names.POSTROUTING} -j MARK --xor-mark {_MARK}")
-    nat.rule(
-        f"-A {names.POSTROUTING}",
-        _comment("kopflet service traffic requiring SNAT"),
-        "-j MASQUERADE --random-fully",
-    )
+        for direction in ("-d", "-s"):
+            filt.rule(
+                f"-A {names.FORWARD}",
+                _comment("kopflet instance subnet"),
+                f"{direction} {cidr} -j ACCEPT",
+            )
+
+
+FORWARD_HOOKS: tuple[Hook, ...] = tuple(h for h in HOOKS if h.target == names.FORWARD)
+
+
+def render_iptables_forward_ruleset(
+    instance_cidrs: Iterable[str], *, missing_hooks: Iterable[Hook] = FORWARD_HOOKS
+) -> str:
+    """Only ``KOPFLET-FORWARD``, for the nftables mode on a node whose Docker keeps its
+    rules in iptables: an accept in our nft table can't overrule a drop in Docker's
+    FORWARD chain (every table gets its say), so forwarding is let through there."""
+    filt = _Table(FILTER)
+    filt.chain(names.FORWARD)
+    for hook in missing_hooks:
+        filt.rule(f"-I {hook.chain} 1 {hook.spec}")
+    _render_forward_rules(filt, instance_cidrs=sorted(set(instance_cidrs)))
+    return "\n".join(filt.text()) + "\n"
 
 
 def _render_service_port(

@@ -156,7 +156,11 @@ def detect_iptables_variant(runner: CommandRunner | None = None) -> IptablesVari
     runner = runner or CommandRunner()
     saved: dict[IptablesVariant, str] = {}
     for variant in IPTABLES_VARIANTS:
-        done = runner.run([f"iptables-{variant}-save"], check=False)
+        try:
+            done = runner.run([f"iptables-{variant}-save"], check=False)
+        except CommandError:  # not installed
+            saved[variant] = ""
+            continue
         saved[variant] = done.stdout if done.returncode == 0 else ""
     for marker in (":DOCKER", f":{names.FIXED_PREFIX}"):
         holders = [v for v in IPTABLES_VARIANTS if marker in saved[v]]

@@ -3,6 +3,10 @@
 Same contract as the iptables mode: a full sync lists the table to find stale chains
 and sets, a partial one trusts what the last successful sync left, any failure makes
 the next one full.
+
+On a node whose Docker keeps its rules in iptables, ``forward_backend`` also gets the
+one iptables chain ``KOPFLET-FORWARD``: Docker's FORWARD policy is DROP, and an accept
+in our table can't overrule a drop in another (every table has its say).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 from collections.abc import Set
 
 from kopflet.agent.proxy import chain_names as names
+from kopflet.agent.proxy.iptables_proxier import missing_hooks
+from kopflet.agent.proxy.iptables_render import FORWARD_HOOKS, render_iptables_forward_ruleset
 from kopflet.agent.proxy.model import ChainName, ProxyMode, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterBackend, nft_objects
 from kopflet.agent.proxy.nftables_render import (
@@ -23,8 +29,11 @@ from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
 
 
 class NftablesProxier:
-    def __init__(self, backend: NetfilterBackend) -> None:
+    def __init__(
+        self, backend: NetfilterBackend, *, forward_backend: NetfilterBackend | None = None
+    ) -> None:
         self.backend = backend
+        self.forward_backend = forward_backend
         self._programmed: RenderedNftRuleset | None = None
         self._rules_by_service: dict[ServicePortName, int] = {}
 
@@ -42,6 +51,8 @@ class NftablesProxier:
     ) -> SyncOutcome:
         full = full or self._programmed is None
         try:
+            if self.forward_backend is not None:
+                self._sync_forwarding(state, full=full)
             rendered = self._render(state, changed=changed, full=full)
             self.backend.restore(rendered.text)
         except BaseException:
@@ -55,6 +66,21 @@ class NftablesProxier:
             del self._rules_by_service[name]
         total = rendered.fixed_rule_count + sum(self._rules_by_service.values())
         return SyncOutcome(full=full, rules_programmed=total)
+
+    def _sync_forwarding(self, state: ProxyState, *, full: bool) -> None:
+        assert self.forward_backend is not None
+        # A handful of rules: rewritten every sync, hooks checked on full syncs only.
+        hooks = (
+            [
+                h
+                for h in missing_hooks({"filter": self.forward_backend.save("filter")})
+                if h in FORWARD_HOOKS
+            ]
+            if full
+            else []
+        )
+        ruleset = render_iptables_forward_ruleset(state.instance_cidrs, missing_hooks=hooks)
+        self.forward_backend.restore(ruleset)
 
     def _render(
         self, state: ProxyState, *, changed: Set[ServicePortName], full: bool

@@ -1,0 +1,118 @@
+"""The same connectivity tests in all three modes, on a two-node namespace network.
+
+An instance (c1) on node n1 reaches a virtual IP load-balanced over endpoints on n1 and
+n2; node ports answer on a node's address from outside; no endpoints -> refused at once;
+an endpoint leaving rotation, ClientIP affinity, UDP. In the netfilter modes both nodes
+have Docker's FORWARD policy of DROP, so host subnetting must let instance traffic through.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+from proxy_netns import NODE_ADDRESSES, Topology, net, proxy_service  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+MODES = ["iptables", "nftables", "userspace"]
+VIP = "10.96.0.10"
+
+
+def start(net: Topology, mode: str, services: list[dict[str, object]]) -> None:
+    """An engine on each node, as an agent would run it, fed the same objects."""
+    for node in ("n1", "n2"):
+        if mode != "userspace":
+            net.forward_policy_drop(node)
+        driver = net.start_driver(node, mode)
+        net.feed(driver, services)
+    for driver in net.drivers:
+        driver.wait_synced(1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_virtual_ip_spreads_300_connections_evenly_over_endpoints_on_both_nodes(
+    net: Topology, mode: str
+) -> None:
+    start(net, mode, [proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"])])
+    answers = net.connect("c1", VIP, 80, count=300)
+    counts = collections.Counter(answers)
+    assert set(counts) == {"e1", "e2", "e3"}, counts
+    for endpoint in ("e1", "e2", "e3"):
+        assert 300 * (1 / 3 - 0.10) <= counts[endpoint] <= 300 * (1 / 3 + 0.10), counts
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_port_on_either_node_reaches_endpoints_on_both_nodes_from_outside(
+    net: Topology, mode: str
+) -> None:
+    service = proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"], node_port=30080)
+    start(net, mode, [service])
+    for address in NODE_ADDRESSES.values():
+        counts = collections.Counter(net.connect("r", address, 30080, count=60))
+        assert set(counts) == {"e1", "e2", "e3"}, (address, counts)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_service_without_endpoints_is_refused_at_once(net: Topology, mode: str) -> None:
+    service = proxy_service("empty", cluster_ip=VIP, endpoints=[], node_port=30081)
+    start(net, mode, [service])
+    started = time.monotonic()
+    assert net.connect("c1", VIP, 80, count=3) == ["refused"] * 3
+    assert net.connect("r", NODE_ADDRESSES["n1"], 30081) == ["refused"]
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_client_ip_affinity_sends_one_client_to_one_endpoint(net: Topology, mode: str) -> None:
+    service = proxy_service(
+        "sticky", cluster_ip=VIP, endpoints=["e1", "e2", "e3"], affinity_timeout=60
+    )
+    start(net, mode, [service])
+    answers = net.connect("c1", VIP, 80, count=30)
+    assert len(set(answers)) == 1 and answers[0] in {"e1", "e2", "e3"}, answers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_endpoint_turning_unready_leaves_rotation_within_2s(net: Topology, mode: str) -> None:
+    start(net, mode, [proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"])])
+    assert "e3" in net.connect("c1", VIP, 80, count=30)
+    # The controller drops the unready instance from status.endpoints.
+    changed = time.monotonic()
+    for driver in net.drivers:
+        driver.send({"service": proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2"])})
+    deadline = changed + 2.0
+    while True:
+        answers = net.connect("c1", VIP, 80, count=10)
+        if "e3" not in answers:
+            break
+        assert time.monotonic() < deadline, "e3 still answers 2 s after it became unready"
+    assert time.monotonic() - changed <= 2.5
+    assert "e3" not in net.connect("c1", VIP, 80, count=30)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_virtual_ip_reaches_endpoints_and_a_removed_one_stops_answering(
+    net: Topology, mode: str
+) -> None:
+    service = proxy_service("dns", cluster_ip=VIP, endpoints=["e1", "e2"], port=53, protocol="UDP")
+    start(net, mode, [service])
+    # One source port: every datagram belongs to the same conntrack entry / relay session.
+    first = net.connect("c1", VIP, 53, proto="udp", src_port=40053, count=3)
+    assert len(set(first)) == 1 and first[0] in {"e1", "e2"}, first
+    stuck = first[0]
+    remaining = "e2" if stuck == "e1" else "e1"
+    for driver in net.drivers:
+        driver.send(
+            {
+                "service": proxy_service(
+                    "dns", cluster_ip=VIP, endpoints=[remaining], port=53, protocol="UDP"
+                )
+            }
+        )
+    deadline = time.monotonic() + 5.0
+    while net.connect("c1", VIP, 53, proto="udp", src_port=40053) != [remaining]:
+        # Without the flush the old conntrack entry would keep DNATing to `stuck`.
+        assert time.monotonic() < deadline, f"datagrams still go to {stuck}"
+        time.sleep(0.2)
