@@ -161,7 +161,8 @@ def quantity(description: str) -> Schema:
         description,
         rules=[
             rule(
-                "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0",
+                "type(self) == int ? self >= 0"
+                " : isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0",
                 "must be a non-negative quantity such as 500m, 1.5, 64Mi or 1G",
             )
         ],

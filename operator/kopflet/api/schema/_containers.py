@@ -321,7 +321,7 @@ def _volume_mount() -> Schema:
                 max_length=4096,
                 rules=[
                     rule(
-                        "!self.startsWith('/') && !self.split('/').exists(p, p == '..')",
+                        "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
                         "subPath must be a relative path without '..'",
                     )
                 ],

@@ -28,10 +28,10 @@ def _key_to_path() -> Schema:
             "key": string("The key to project.", min_length=1),
             "path": string(
                 "Relative path of the file.",
-                max_length=4096,
+                max_length=1024,
                 rules=[
                     rule(
-                        "!self.startsWith('/') && !self.split('/').exists(p, p == '..')",
+                        "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
                         "path must be relative and must not contain '..'",
                     )
                 ],
@@ -43,7 +43,7 @@ def _key_to_path() -> Schema:
 
 
 def _volume() -> Schema:
-    items = array("Keys to project; all keys when unset.", _key_to_path(), max_items=64)
+    items = array("Keys to project; all keys when unset.", _key_to_path(), max_items=32)
     mode = integer("Mode bits of the files (0 to 0777).", minimum=0, maximum=0o777)
     return obj(
         "A volume the containers can mount; exactly one source is set.",
