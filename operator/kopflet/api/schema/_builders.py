@@ -32,6 +32,13 @@ def rule(
 def _finish(schema: Schema, rules: Sequence[Schema], default: Any) -> Schema:
     if default is not None:
         schema["default"] = default
+        if isinstance(default, str | int) and "description" in schema:
+            # kubectl explain shows descriptions only, so say the default there too.
+            if isinstance(default, bool):
+                shown = str(default).lower()
+            else:
+                shown = '""' if default == "" else str(default)
+            schema["description"] += f" Defaults to {shown}."
     if rules:
         schema["x-kubernetes-validations"] = list(rules)
     return schema
