@@ -111,15 +111,23 @@ def test_kubectl_scale_changes_replicas_through_the_scale_subresource(
     # The controller writes status.selector; set it here too so the test does not
     # depend on it (both write the same string).
     cluster.kubectl(
-        "patch", "-n", namespace, "workloads.kopflet.dev", "web", "--subresource=status",
-        "--type=merge", "-p", json.dumps({"status": {"selector": "app=web"}}),
+        "patch",
+        "-n",
+        namespace,
+        "workloads.kopflet.dev",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"selector": "app=web"}}),
     )
     cluster.kubectl("scale", "-n", namespace, "workload/web", "--replicas=3")
     stored = _get_json(cluster, namespace, "workloads.kopflet.dev", "web")
     assert stored["spec"]["replicas"] == 3
     scale = json.loads(
         cluster.kubectl(
-            "get", "--raw",
+            "get",
+            "--raw",
             f"/apis/kopflet.dev/v1alpha1/namespaces/{namespace}/workloads/web/scale",
         ).stdout
     )
@@ -135,8 +143,10 @@ def test_kubectl_scale_changes_replicas_through_the_scale_subresource(
     [
         ("workloads", "runs replicas of an Instance template"),
         ("workloads.spec.strategy.rollingUpdate.maxSurge", "rounded up"),
-        ("workloads.spec.template.spec.containers.livenessProbe",
-         "Restarts the container when it fails"),
+        (
+            "workloads.spec.template.spec.containers.livenessProbe",
+            "Restarts the container when it fails",
+        ),
         ("instances.spec.containers.imagePullPolicy", "the core rule applies"),
         ("instances.status.reason", "STATUS column"),
         ("proxyservices.spec.ports.targetPort", "the name of a container port"),
@@ -226,12 +236,21 @@ def test_instances_can_be_listed_per_node_with_a_field_selector(
         }
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(inst))
     on_a = cluster.kubectl(
-        "get", "-n", namespace, "instances.kopflet.dev", "-o", "name",
+        "get",
+        "-n",
+        namespace,
+        "instances.kopflet.dev",
+        "-o",
+        "name",
         f"--field-selector=spec.nodeName={nodes['a']}",
     ).stdout.split()
     assert sorted(on_a) == ["instance.kopflet.dev/i0", "instance.kopflet.dev/i1"]
     across = cluster.kubectl(
-        "get", "-A", "instances.kopflet.dev", "-o", "name",
+        "get",
+        "-A",
+        "instances.kopflet.dev",
+        "-o",
+        "name",
         f"--field-selector=spec.nodeName={nodes['b']}",
     ).stdout.split()
     assert across == ["instance.kopflet.dev/i2"]
@@ -250,8 +269,14 @@ def test_valid_updates_are_accepted(cluster: TestCluster, namespace: str) -> Non
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(unbound))
     # Binding an unbound Instance is what the scheduler does: allowed once.
     cluster.kubectl(
-        "patch", "-n", namespace, "inst", "late", "--type=merge",
-        "-p", json.dumps({"spec": {"nodeName": "no-such-node"}}),
+        "patch",
+        "-n",
+        namespace,
+        "inst",
+        "late",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"nodeName": "no-such-node"}}),
     )
     service = {
         "apiVersion": "kopflet.dev/v1alpha1",
@@ -264,8 +289,14 @@ def test_valid_updates_are_accepted(cluster: TestCluster, namespace: str) -> Non
     # (The controller may have done it already; then the same value is a no-op.)
     current = _get_json(cluster, namespace, "psvc", "late")["spec"].get("clusterIP")
     cluster.kubectl(
-        "patch", "-n", namespace, "psvc", "late", "--type=merge",
-        "-p", json.dumps({"spec": {"clusterIP": current or "10.96.201.7"}}),
+        "patch",
+        "-n",
+        namespace,
+        "psvc",
+        "late",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"clusterIP": current or "10.96.201.7"}}),
     )
     stored = _get_json(cluster, namespace, "psvc", "late")
     assert stored["spec"]["clusterIP"] == (current or "10.96.201.7")
