@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from proxy_netns import NODE_ADDRESSES, Topology, net, proxy_service  # noqa: F401
+from proxy_netns import NODE_ADDRESSES, Topology, proxy_service, topology
 
 pytestmark = pytest.mark.integration
 
 MODES = ["iptables", "nftables", "userspace"]
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Topology]:
+    with topology(tmp_path) as topo:
+        yield topo
+
+
 VIP = "10.96.0.10"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from loguru import logger
 
-from kopflet.agent.proxy.cleanup import CleanupReport, cleanup_all
+from kopflet.agent.proxy.cleanup import CleanupReport, cleanup_all, cleanup_other_modes
 from kopflet.agent.proxy.clock import ProxyClock
 from kopflet.agent.proxy.commands import CommandRunner
 from kopflet.agent.proxy.conntrack import ConntrackFlush, flush_conntrack
@@ -95,6 +95,8 @@ class ProxyEngine:
             # Userspace relays keep no conntrack state of ours; they drop their own
             # sessions to removed endpoints.
             conntrack=flush if conntrack and mode != "userspace" else None,
+            # Only once ours are in place: a mode switch must not leave a gap either.
+            after_first_sync=lambda: cleanup_other_modes(mode, runner_),
         )
 
     def on_service(self, old: Obj | None, new: Obj | None) -> None:

@@ -64,9 +64,17 @@ class IptablesBackend:
 
     def save(self, table: str) -> str:
         try:
+            if self.variant == "legacy" and table not in self._legacy_tables():
+                # Naming a legacy table loads it into the namespace: reading must not
+                # create what wasn't there.
+                return ""
             return self._runner.run([self._tool("-save"), "-t", table]).stdout
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
+
+    def _legacy_tables(self) -> set[str]:
+        done = self._runner.run(["cat", "/proc/net/ip_tables_names"], check=False)
+        return set(done.stdout.split()) if done.returncode == 0 else set()
 
     def list_chain(self, table: str, chain: str) -> list[str] | None:
         done = self._runner.run(

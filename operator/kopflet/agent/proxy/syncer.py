@@ -42,6 +42,7 @@ class ProxySyncer:
         metrics: ProxyMetrics | None = None,
         routes: RouteSyncer | None = None,
         conntrack: ConntrackFlusher | None = None,
+        after_first_sync: Callable[[], object] | None = None,
     ) -> None:
         self.proxier = proxier
         self.node_name = node_name
@@ -52,6 +53,7 @@ class ProxySyncer:
         self._metrics = metrics
         self._routes = routes
         self._conntrack = conntrack
+        self._after_first_sync = after_first_sync
         self._wake = asyncio.Event()
         self._routes_dirty = True
         self._pending_flushes: set[ConntrackFlush] = set()
@@ -131,6 +133,12 @@ class ProxySyncer:
             self._metrics.last_sync_success.set(self.last_success_time)
         await self._sync_routes()
         await self._flush_conntrack()
+        if self._after_first_sync is not None:
+            hook, self._after_first_sync = self._after_first_sync, None
+            try:
+                await asyncio.to_thread(hook)
+            except Exception as exc:  # leftovers are harmless to our own rules
+                logger.warning("after the first proxy sync: {}", exc)
         return True
 
     def _observe(self, *, full: bool, started: float, ok: bool) -> None:

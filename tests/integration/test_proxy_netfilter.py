@@ -1,0 +1,258 @@
+"""The netfilter modes against the real tools in a namespace: what lands in the kernel,
+restart without a gap, canary repair of an external flush, and cleanup of ours only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from proxy_netns import (
+    ENDPOINTS,
+    NODE_ADDRESSES,
+    Topology,
+    node_agent,
+    proxy_service,
+    saved_rules,
+    topology,
+)
+
+from kopflet.agent.proxy.chain_names import (
+    ROUTE_PROTOCOL,
+    endpoint_chain,
+    nft_endpoint_chain,
+    service_chain,
+)
+from kopflet.agent.proxy.cleanup import cleanup_all
+from kopflet.agent.proxy.commands import CommandRunner
+from kopflet.agent.proxy.conversion import service_ports_from_object
+from kopflet.agent.proxy.iptables_proxier import IptablesProxier
+from kopflet.agent.proxy.model import EndpointInfo, ServicePortName
+from kopflet.agent.proxy.netfilter_backend import (
+    IptablesBackend,
+    NftablesBackend,
+    detect_iptables_variant,
+)
+from kopflet.agent.proxy.nftables_proxier import NftablesProxier
+from kopflet.agent.proxy.proxier import ProxyState
+
+pytestmark = pytest.mark.integration
+
+VIP = "10.96.0.10"
+WEB = ServicePortName("default", "web", "p")
+E1 = EndpointInfo(ENDPOINTS["e1"][1], 8080)
+E3 = EndpointInfo(ENDPOINTS["e3"][1], 8080)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Topology]:
+    with topology(tmp_path) as topo:
+        yield topo
+
+
+def state(*endpoints: str) -> ProxyState:
+    service = proxy_service("web", cluster_ip=VIP, endpoints=list(endpoints), node_port=30080)
+    return ProxyState(
+        service_ports=service_ports_from_object(service),
+        instance_cidrs=("10.244.1.0/24", "10.244.2.0/24"),
+    )
+
+
+def test_iptables_rules_land_once_and_a_partial_sync_rewrites_only_the_changed_chains(
+    net: Topology,
+) -> None:
+    runner = CommandRunner(netns=net.ns("n1"))
+    proxier = IptablesProxier(IptablesBackend(variant="nft", runner=runner))
+    proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
+    proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
+    saved = net.in_ns("n1", "iptables-nft-save", "-t", "nat")
+    svc = service_chain(WEB, "TCP")
+    assert saved.count('-A PREROUTING -m comment --comment "kopflet service portals"') == 1
+    assert '-A KOPFLET-NODEPORTS -p tcp -m comment --comment "default/web:p"' in saved or (
+        "--dport 30080" in saved
+    )
+    assert "DNAT --to-destination 10.244.2.3:8080" in saved
+    assert saved.count(f"-j {svc}") == 2  # the cluster IP and the node port
+    # e3 leaves: only the service's chains are rewritten, e3's chain is deleted.
+    proxier.sync_blocking(state("e1", "e2"), changed={WEB}, full=False)
+    saved = net.in_ns("n1", "iptables-nft-save", "-t", "nat")
+    assert f":{endpoint_chain(WEB, 'TCP', E3)} " not in saved
+    assert "10.244.2.3" not in saved
+    assert net.connect("c1", VIP, 80, count=20).count("e1") > 0
+
+
+def test_nftables_table_holds_maps_and_a_partial_sync_deletes_the_gone_endpoint(
+    net: Topology,
+) -> None:
+    runner = CommandRunner(netns=net.ns("n1"))
+    proxier = NftablesProxier(NftablesBackend(runner))
+    proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
+    proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
+    listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
+    assert "10.96.0.10 . tcp . 80 : goto svc-" in listing
+    assert "tcp . 30080 : goto ext-" in listing
+    assert "numgen random mod 3" in listing
+    proxier.sync_blocking(state("e1"), changed={WEB}, full=False)
+    listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
+    assert f"chain {nft_endpoint_chain(WEB, 'TCP', E3)} " not in listing
+    assert f"chain {nft_endpoint_chain(WEB, 'TCP', E1)} " in listing
+    assert set(net.connect("c1", VIP, 80, count=10)) == {"e1"}
+
+
+def _netfilter_without_counters(net: Topology, node: str) -> dict[str, str]:
+    rules = saved_rules(net, node)
+    return {k: rules[k] for k in ("iptables-nft", "nft")}
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_an_agent_restart_keeps_every_connection_working_and_takes_the_rules_over(
+    net: Topology, mode: str
+) -> None:
+    services = [proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"])]
+    drivers = {}
+    for node in ("n1", "n2"):
+        net.forward_policy_drop(node)
+        drivers[node] = net.start_driver(node, mode)
+        net.feed(drivers[node], services)
+        drivers[node].wait_synced(1)
+    before = _netfilter_without_counters(net, "n1")
+    client = net.connect_in_background("c1", VIP, 80, count=150, delay=0.02)
+    time.sleep(0.5)
+    drivers["n1"].kill()  # crash: no cleanup, no goodbye
+    time.sleep(0.5)
+    restarted = net.start_driver("n1", mode)
+    net.feed(restarted, services)
+    restarted.wait_synced(1)
+    out, _ = client.communicate(timeout=60)
+    answers = json.loads(out)
+    assert len(answers) == 150 and set(answers) <= {"e1", "e2", "e3"}, answers
+    assert _netfilter_without_counters(net, "n1") == before
+
+
+@pytest.mark.parametrize(
+    ("mode", "flush"),
+    [
+        ("iptables", [["iptables-nft", "-t", "nat", "-F"], ["iptables-nft", "-t", "nat", "-X"]]),
+        ("nftables", [["nft", "flush", "table", "ip", "kopflet"]]),
+    ],
+)
+def test_an_external_flush_is_repaired_within_the_resync_period(
+    net: Topology, mode: str, flush: list[list[str]]
+) -> None:
+    services = [proxy_service("web", cluster_ip=VIP, endpoints=["e1"])]
+    driver = net.start_driver("n1", mode)  # default policy: 1 s, 30 s, canary every 5 s
+    net.feed(driver, services)
+    driver.wait_synced(1)
+    assert net.connect("c1", VIP, 80) == ["e1"]
+    for command in flush:
+        net.in_ns("n1", *command)
+    flushed = time.monotonic()
+    assert net.connect("c1", VIP, 80) != ["e1"]
+    driver.wait_synced(2, timeout=30)
+    repaired = time.monotonic() - flushed
+    assert repaired < 30
+    assert net.connect("c1", VIP, 80, count=5) == ["e1"] * 5
+
+
+def test_cleanup_removes_everything_of_ours_in_every_mode_and_nothing_else(net: Topology) -> None:
+    # Someone else's rules, in both tables, in an nft table and in the route table.
+    for args in (
+        ["iptables-nft", "-t", "nat", "-N", "DOCKER"],
+        ["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type",
+         "LOCAL", "-j", "DOCKER"],
+        ["iptables-nft", "-t", "filter", "-N", "DOCKER-USER"],
+        ["iptables-nft", "-t", "filter", "-A", "FORWARD", "-j", "DOCKER-USER"],
+        ["iptables-nft", "-P", "FORWARD", "DROP"],
+        ["nft", "add table inet someone; add chain inet someone c; add rule inet someone c accept"],
+        ["ip", "route", "add", "10.99.0.0/16", "via", "172.30.0.1"],
+    ):  # fmt: skip
+        net.in_ns("n1", *args)
+    before = saved_rules(net, "n1")
+    services = [
+        # Only an endpoint on n1: no agent runs on n2 to route replies back.
+        proxy_service("web", cluster_ip=VIP, endpoints=["e1"], node_port=30080),
+        proxy_service("empty", cluster_ip="10.96.0.11", endpoints=[]),
+    ]
+    ours = {
+        "iptables": ("iptables-nft", "KOPFLET-SERVICES"),
+        "nftables": ("nft", "table ip kopflet"),
+        "userspace": ("links", "kopflet-vip0"),
+    }
+    runner = CommandRunner(netns=net.ns("n1"))
+    for mode in ("iptables", "nftables", "userspace"):
+        driver = net.start_driver("n1", mode)
+        net.feed(driver, services)
+        driver.wait_synced(1)
+        assert net.connect("c1", VIP, 80) == ["e1"]
+        driver.stop()  # rules stay in place when the agent stops
+        during = saved_rules(net, "n1")
+        where, what = ours[mode]
+        assert what in during[where], (mode, during[where])
+        assert f"proto {ROUTE_PROTOCOL}" in during["routes"]
+        report = cleanup_all(runner)
+        assert report.errors == []
+        assert saved_rules(net, "n1") == before, mode
+    assert cleanup_all(runner).errors == []  # nothing left: still fine
+
+
+def test_switching_modes_removes_the_previous_modes_leftovers_after_the_first_sync(
+    net: Topology,
+) -> None:
+    services = [proxy_service("web", cluster_ip=VIP, endpoints=["e1"])]
+    leftovers = {
+        "iptables": lambda rules: "KOPFLET-SERVICES" in rules["iptables-nft"],
+        "nftables": lambda rules: "table ip kopflet" in rules["nft"],
+        "userspace": lambda rules: "kopflet-vip0" in rules["links"],
+    }
+    previous = None
+    for mode in ("iptables", "nftables", "userspace", "iptables"):
+        driver = net.start_driver("n1", mode)
+        net.feed(driver, services)
+        driver.wait_synced(1)
+        assert net.connect("c1", VIP, 80) == ["e1"]
+        deadline = time.monotonic() + 10
+        while previous is not None and leftovers[previous](saved_rules(net, "n1")):
+            assert time.monotonic() < deadline, f"{previous} leftovers remain in {mode} mode"
+            time.sleep(0.1)
+        assert leftovers[mode](saved_rules(net, "n1"))
+        driver.stop()
+        previous = mode
+
+
+def test_iptables_variant_follows_the_one_holding_dockers_chains(net: Topology) -> None:
+    runner = CommandRunner(netns=net.ns("n2"))
+    assert detect_iptables_variant(runner) == "nft"
+    net.in_ns("n2", "iptables-legacy", "-t", "filter", "-N", "DOCKER")
+    assert detect_iptables_variant(runner) == "legacy"
+
+
+def test_host_subnet_routes_follow_node_agents(net: Topology) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from kopflet.agent.proxy.engine import ProxyEngine
+    from kopflet.agent.proxy.metrics import ProxyMetrics
+
+    engine = ProxyEngine(
+        node_name="n1",
+        mode="iptables",
+        runner=CommandRunner(netns=net.ns("n1")),
+        metrics=ProxyMetrics(CollectorRegistry()),
+    )
+    for node in NODE_ADDRESSES:
+        engine.on_node(None, node_agent(node))
+    engine.mark_initial_lists_complete()
+    assert asyncio.run(engine.sync_now())
+    routes = net.in_ns("n1", "ip", "route", "show", "proto", str(ROUTE_PROTOCOL))
+    assert routes.split() == ["10.244.2.0/24", "via", "172.30.0.12", "dev", "eth0"]
+    moved = node_agent("n2")
+    moved["spec"]["instanceCIDR"] = "10.244.7.0/24"
+    engine.on_node(node_agent("n2"), moved)
+    assert asyncio.run(engine.sync_now())
+    routes = net.in_ns("n1", "ip", "route", "show", "proto", str(ROUTE_PROTOCOL))
+    assert routes.split() == ["10.244.7.0/24", "via", "172.30.0.12", "dev", "eth0"]
+    engine.on_node(moved, None)
+    assert asyncio.run(engine.sync_now())
+    assert net.in_ns("n1", "ip", "route", "show", "proto", str(ROUTE_PROTOCOL)) == ""
