@@ -205,14 +205,16 @@ class DockerRuntime:
             if labels is None or labels.node != self._node:
                 continue
             key = (summary["Id"], str(summary.get("State", "")))
-            record = self._inspected.get(key)
+            # The listing is a snapshot the engine updates a moment after it announces a
+            # death: an instance's own pass, woken by that event, must inspect afresh.
+            record = None if instance_uid is not None else self._inspected.get(key)
             if record is None:
                 try:
                     data = await self._call(self._api.inspect_container, summary["Id"])
                 except docker.errors.NotFound:
                     continue  # removed between the listing and the inspect
                 record = record_from_inspect(data, labels)
-                if record.state is not RunState.UNKNOWN:
+                if record.state.value == key[1]:
                     with self._lock:
                         self._inspected[key] = record
             with self._lock:

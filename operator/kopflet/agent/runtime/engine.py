@@ -76,6 +76,7 @@ class RuntimeEngine:
         self._clock: Clock = clock or SystemClock()
         self._desired: dict[UID, Instance] = {}
         self._desired_known = asyncio.Event()
+        self._network_ready = asyncio.Event()
         self._wakeups: dict[UID, asyncio.Event] = {}
         self._workers: dict[UID, asyncio.Task[None]] = {}
         #: The last status written per instance: the base of the next one, and what a new
@@ -178,6 +179,7 @@ class RuntimeEngine:
             except (RuntimeUnavailable, RuntimeOperationError) as exc:
                 logger.warning("instance network not ready: %s", exc)
                 await self._clock.sleep(RETRY_SECONDS)
+        self._network_ready.set()
 
     async def _relist_loop(self) -> None:
         cleaned_volumes = False
@@ -224,6 +226,9 @@ class RuntimeEngine:
 
     async def _worker(self, uid: UID) -> None:
         wake = self._wakeups.setdefault(uid, asyncio.Event())
+        # A sandbox needs the instance network; creating one before it exists would fail,
+        # or worse, land on a stale network of another subnet.
+        await self._network_ready.wait()
         while True:
             wake.clear()
             started = self._clock.now()
@@ -275,6 +280,14 @@ class RuntimeEngine:
                 verdicts=self._probes.verdicts(uid),
             ),
         )
+        for backing_off in actions.waiting:
+            self._reporter.event(
+                ref,
+                type="Warning",
+                reason="BackOff",
+                message=f"Back-off restarting failed container {backing_off.name}: "
+                f"{backing_off.message}",
+            )
         result = await self._syncer.execute(desired, observed, actions, ref)
         restarts = sum(1 for s in actions.start if s.restart_count > 0)
         if restarts:

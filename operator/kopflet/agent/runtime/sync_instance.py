@@ -53,6 +53,8 @@ from kopflet.api import Container, Instance
 from kopflet.api.instance import DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
 
 CREATE_CONTAINER_ERROR = "CreateContainerError"
+#: A sandbox that could not be created is retried this soon (not only at the next resync).
+SANDBOX_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +185,7 @@ class InstanceSyncer:
             )
         except RuntimeOperationError as exc:
             result.record(4, "create-sandbox", ref.name, False, str(exc))
+            result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
             self._event(ref, "Warning", "FailedCreateSandbox", f"Failed to create sandbox: {exc}")
             return None
         result.record(4, "create-sandbox", ref.name, True)
