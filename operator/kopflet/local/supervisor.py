@@ -1,0 +1,213 @@
+"""Runs the components of a local cluster and restarts those that exit, with back-off, as the
+kubelet restarts a crashing pod. Its view of the world goes to a status file that
+``kopflet status`` reads; nothing else is remembered (``kopflet down`` finds everything by name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from kopflet.local.components import Component
+
+#: Restart back-off of a component that exits: 1 s doubling to 30 s; a component that ran for
+#: 60 s is healthy again and starts over at 1 s.
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 30.0
+BACKOFF_RESET_AFTER = 60.0
+
+
+@dataclass
+class ComponentState:
+    name: str
+    node: str | None
+    state: str = "waiting"  # waiting | running | backoff | not built | stopped
+    pid: int | None = None
+    restarts: int = 0
+    started_at: float | None = None
+    last_exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass
+class _Running:
+    component: Component
+    status: ComponentState
+    process: subprocess.Popen[bytes] | None = None
+    next_start: float = 0.0
+    backoff: float = BACKOFF_BASE
+
+
+@dataclass
+class ClusterStatus:
+    name: str
+    phase: str = "Starting"  # Starting | Ready | Failed | Stopping
+    message: str = ""
+    supervisor_pid: int = field(default_factory=os.getpid)
+    details: dict[str, str] = field(default_factory=dict)
+    components: list[ComponentState] = field(default_factory=list)
+
+
+class StartFailed(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, *, status_file: Path, cluster_name: str) -> None:
+        self._status_file = status_file
+        self._running: list[_Running] = []
+        self._stopping = False
+        self.status = ClusterStatus(name=cluster_name)
+
+    # -- status file -------------------------------------------------------------------------
+    def write_status(self) -> None:
+        self.status.components = [r.status for r in self._running]
+        self._status_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.status), indent=2))
+        tmp.rename(self._status_file)
+
+    def set_phase(self, phase: str, message: str = "") -> None:
+        self.status.phase = phase
+        self.status.message = message
+        logger.info("cluster {}: {}", phase, message)
+        self.write_status()
+
+    # -- components --------------------------------------------------------------------------
+    def add_placeholder(self, *, name: str, node: str | None, message: str) -> None:
+        """A component that cannot run yet (not built): shown in the status, never started."""
+        state = ComponentState(name=name, node=node, state="not built", message=message)
+        self._running.append(
+            _Running(component=Component(name=name, argv=(), log_file=Path()), status=state)
+        )
+        self.write_status()
+
+    def start(self, component: Component, *, wait_ready: bool = True) -> None:
+        running = _Running(
+            component=component, status=ComponentState(name=component.name, node=component.node)
+        )
+        self._running.append(running)
+        self._spawn(running)
+        if wait_ready and component.ready is not None:
+            self._wait_ready(running)
+        self.write_status()
+
+    def _spawn(self, running: _Running) -> None:
+        component = running.component
+        component.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(component.log_file, "ab") as log:
+            log.write(
+                f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting "
+                f"{' '.join(component.command())}\n".encode()
+            )
+            log.flush()
+            running.process = subprocess.Popen(
+                component.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **dict(component.env)},
+            )
+        running.status.pid = running.process.pid
+        running.status.state = "running"
+        running.status.started_at = time.time()
+        logger.info("started {} (pid {})", _label(component), running.process.pid)
+
+    def _wait_ready(self, running: _Running) -> None:
+        component = running.component
+        assert component.ready is not None
+        deadline = time.monotonic() + component.ready_timeout
+        while time.monotonic() < deadline:
+            if component.ready():
+                return
+            if running.process is not None and running.process.poll() is not None:
+                raise StartFailed(
+                    f"{_label(component)} exited with {running.process.returncode}; "
+                    f"see {component.log_file}"
+                )
+            time.sleep(0.3)
+        raise StartFailed(
+            f"{_label(component)} not ready after {component.ready_timeout:.0f}s; "
+            f"see {component.log_file}"
+        )
+
+    def wait_all_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for running in self._running:
+            ready = running.component.ready
+            while ready is not None and not ready():
+                if time.monotonic() > deadline:
+                    raise StartFailed(f"{_label(running.component)} not ready")
+                time.sleep(0.3)
+
+    # -- supervision ---------------------------------------------------------------------------
+    def supervise(self, *, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            changed = False
+            now = time.monotonic()
+            for running in self._running:
+                process = running.process
+                if running.status.state == "running" and process is not None:
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    ran_for = time.time() - (running.status.started_at or time.time())
+                    if ran_for > BACKOFF_RESET_AFTER:
+                        running.backoff = BACKOFF_BASE
+                    running.status.last_exit_code = code
+                    running.status.state = "backoff"
+                    running.status.pid = None
+                    running.next_start = now + running.backoff
+                    running.status.message = (
+                        f"exited with {code}; restarting in {running.backoff:.0f}s"
+                    )
+                    logger.warning("{} {}", _label(running.component), running.status.message)
+                    running.backoff = min(running.backoff * 2, BACKOFF_MAX)
+                    changed = True
+                elif running.status.state == "backoff" and now >= running.next_start:
+                    running.status.restarts += 1
+                    running.status.message = ""
+                    self._spawn(running)
+                    changed = True
+            if changed:
+                self.write_status()
+            time.sleep(0.5)
+
+    def stop_all(self) -> None:
+        """Stop in reverse start order: agents and controller, engines, then the control plane."""
+        for running in reversed(self._running):
+            process = running.process
+            if process is None or process.poll() is not None:
+                running.status.state = (
+                    "stopped" if running.status.state != "not built" else "not built"
+                )
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=running.component.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+            running.status.state = "stopped"
+            running.status.pid = None
+        self.write_status()
+
+
+def _label(component: Component) -> str:
+    return f"{component.name}@{component.node}" if component.node else component.name
+
+
+def read_status(status_file: Path) -> ClusterStatus | None:
+    try:
+        raw = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return None
+    components = [ComponentState(**c) for c in raw.pop("components", [])]
+    return ClusterStatus(**raw, components=components)
