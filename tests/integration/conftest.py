@@ -15,6 +15,7 @@ import docker
 import kubernetes
 import pytest
 
+from kopflet.local import bootstrap
 from kopflet.local import cluster as local_cluster
 from kopflet.local.binaries import Binaries, BinariesError, ensure_binaries
 from kopflet.local.config import ClusterConfig, NodeConfig
@@ -117,12 +118,17 @@ def _check_infrastructure() -> Binaries:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ClusterUnderTest]:
     binaries = _check_infrastructure()
+    # A test cluster that already runs (KOPFLET_KEEP_TEST_CLUSTER=1 on an earlier run, or another
+    # run in parallel) is reused and left running; it gets this checkout's CRDs and RBAC.
+    reused = local_cluster.status(TEST_CLUSTER) is not None
     try:
         local_cluster.up(TEST_CLUSTER)
-    except local_cluster.UpFailed as error:
+        if reused:
+            bootstrap.apply_api_and_rbac(binaries, TEST_CLUSTER)
+    except (local_cluster.UpFailed, bootstrap.BootstrapError) as error:
         pytest.fail(f"the test cluster did not come up: {error}", pytrace=False)
     yield ClusterUnderTest(config=TEST_CLUSTER, binaries=binaries)
-    if os.environ.get("KOPFLET_KEEP_TEST_CLUSTER") != "1":
+    if not reused and os.environ.get("KOPFLET_KEEP_TEST_CLUSTER") != "1":
         local_cluster.down(TEST_CLUSTER)
 
 
