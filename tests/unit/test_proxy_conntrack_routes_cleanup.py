@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kopflet.agent.proxy.change_tracker import Change
-from kopflet.agent.proxy.cleanup import render_iptables_cleanup
+from kopflet.agent.proxy.cleanup import builtin_chains_left_empty, render_iptables_cleanup
 from kopflet.agent.proxy.conntrack import ConntrackFlush, plan_conntrack_flushes
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend
 from kopflet.agent.proxy.host_routes import Route, desired_routes, plan_routes
@@ -94,3 +94,30 @@ def test_cleanup_removes_our_chains_and_hooks_and_keeps_everything_else() -> Non
     backend.restore(render_iptables_cleanup({t: backend.save(t) for t in ("nat", "filter")}))
     assert {t: backend.save(t) for t in ("nat", "filter")} == theirs
     assert render_iptables_cleanup(theirs) == ""
+
+
+def test_cleanup_for_the_nftables_mode_keeps_its_forwarding_chain() -> None:
+    backend = FakeIptablesBackend()
+    info = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,))
+    backend.restore(render_iptables_ruleset({DNS: info}).text)
+    saved = {t: backend.save(t) for t in ("nat", "filter")}
+    backend.restore(render_iptables_cleanup(saved, keep={"KOPFLET-FORWARD"}))
+    assert set(backend.tables["filter"]) == {"INPUT", "FORWARD", "OUTPUT", "KOPFLET-FORWARD"}
+    assert backend.rules("filter", "FORWARD") == [
+        '-m comment --comment "kopflet forwarding rules" -j KOPFLET-FORWARD'
+    ]
+    assert set(backend.tables["nat"]) == {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+
+
+def test_builtin_chains_holding_only_our_hooks_are_the_ones_left_empty() -> None:
+    saved = {
+        "nat": "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+        ":KOPFLET-SERVICES - [0:0]\n:DOCKER - [0:0]\n"
+        "-A PREROUTING -m comment --comment x -j KOPFLET-SERVICES\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n"
+        "-A OUTPUT -m comment --comment x -j KOPFLET-SERVICES\nCOMMIT\n",
+        "filter": "*filter\n:FORWARD DROP [0:0]\n:KOPFLET-FORWARD - [0:0]\n"
+        "-A FORWARD -j KOPFLET-FORWARD\nCOMMIT\n",
+    }
+    # PREROUTING also holds Docker's rule; FORWARD's policy isn't ours to drop.
+    assert builtin_chains_left_empty(saved) == [("nat", "OUTPUT")]

@@ -9,7 +9,7 @@ import pytest
 from kopflet.agent.proxy.chain_names import endpoint_chain, service_chain
 from kopflet.agent.proxy.fake_backend import BUILTIN_CHAINS, TARGETS
 from kopflet.agent.proxy.iptables_render import HOOKS, render_iptables_ruleset
-from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
+from kopflet.agent.proxy.model import ChainName, EndpointInfo, ServicePortInfo, ServicePortName
 
 pytestmark = pytest.mark.unit
 
@@ -220,7 +220,7 @@ def test_stale_chains_are_flushed_then_deleted_but_active_ones_are_kept() -> Non
     info = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,))
     svc = service_chain(WEB, "TCP")
     text = render_iptables_ruleset(
-        {WEB: info}, stale_chains={"nat": {"KFL-SVC-GONE", svc}}, missing_hooks=()
+        {WEB: info}, stale_chains={"nat": {ChainName("KFL-SVC-GONE"), svc}}, missing_hooks=()
     ).text
     lines = text.splitlines()
     assert ":KFL-SVC-GONE - [0:0]" in lines and "-X KFL-SVC-GONE" in lines

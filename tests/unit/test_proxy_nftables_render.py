@@ -12,7 +12,7 @@ from kopflet.agent.proxy.chain_names import (
     nft_external_chain,
     nft_service_chain,
 )
-from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
+from kopflet.agent.proxy.model import ChainName, EndpointInfo, ServicePortInfo, ServicePortName
 from kopflet.agent.proxy.nftables_render import render_nftables_ruleset
 
 pytestmark = pytest.mark.unit
@@ -152,7 +152,7 @@ def test_node_port_service_with_affinity_and_a_service_without_endpoints() -> No
 def test_declarations_come_before_flushes_before_rules_before_deletions() -> None:
     web = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,))
     lines = render_nftables_ruleset(
-        {WEB: web}, stale_chains={"sep-GONE"}, stale_sets={"aff-GONE"}
+        {WEB: web}, stale_chains={ChainName("sep-GONE")}, stale_sets={ChainName("aff-GONE")}
     ).text.splitlines()
     kinds = [ln.split()[0] for ln in lines]
     order = {"add": 0, "flush": 1, "delete": 3}

@@ -45,10 +45,12 @@ def render_iptables_cleanup(saved: Mapping[str, str], *, keep: Set[str] = frozen
     for table in TABLES:
         text = saved.get(table, "")
         ours = sorted(c for c in iptables_chains(text) if names.is_ours(c) and c not in keep)
+        # Rules outside the chains being removed that jump into one (hooks, or a kept
+        # chain of ours): deleted one by one, or the chains couldn't be.
         jumps_in = [
             rule
             for rule in iptables_rules(text)
-            if not names.is_ours(rule.split()[1])
+            if rule.split()[1] not in ours
             and (m := _JUMP.search(rule)) is not None
             and m.group(1) in ours
         ]
