@@ -29,7 +29,9 @@ TEST_CLUSTER = ClusterConfig(
 
 
 @dataclass
-class ClusterUnderTest:
+class TestCluster:
+    __test__ = False  # a fixture's value, not a test class
+
     config: ClusterConfig
     binaries: Binaries
 
@@ -116,7 +118,7 @@ def _check_infrastructure() -> Binaries:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[ClusterUnderTest]:
+def cluster() -> Iterator[TestCluster]:
     binaries = _check_infrastructure()
     # A test cluster that already runs (KOPFLET_KEEP_TEST_CLUSTER=1 on an earlier run, or another
     # run in parallel) is reused and left running; it gets this checkout's CRDs and RBAC.
@@ -127,13 +129,13 @@ def cluster() -> Iterator[ClusterUnderTest]:
             bootstrap.apply_api_and_rbac(binaries, TEST_CLUSTER)
     except (local_cluster.UpFailed, bootstrap.BootstrapError) as error:
         pytest.fail(f"the test cluster did not come up: {error}", pytrace=False)
-    yield ClusterUnderTest(config=TEST_CLUSTER, binaries=binaries)
+    yield TestCluster(config=TEST_CLUSTER, binaries=binaries)
     if not reused and os.environ.get("KOPFLET_KEEP_TEST_CLUSTER") != "1":
         local_cluster.down(TEST_CLUSTER)
 
 
 @pytest.fixture
-def namespace(cluster: ClusterUnderTest) -> Iterator[str]:
+def namespace(cluster: TestCluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
     yield name

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from conftest import ClusterUnderTest, _check_infrastructure
+from conftest import TestCluster, _check_infrastructure
 from kopflet.local import cluster as local_cluster
 from kopflet.local import images
 from kopflet.local.config import ClusterConfig
@@ -27,7 +27,7 @@ from support import wait_for
 
 
 def test_apiserver_answers_readyz_over_tls_with_client_certificates(
-    cluster: ClusterUnderTest,
+    cluster: TestCluster,
 ) -> None:
     context = admin_ssl_context(Pki(cluster.config.pki_dir))
     with urllib.request.urlopen(
@@ -37,7 +37,7 @@ def test_apiserver_answers_readyz_over_tls_with_client_certificates(
         assert response.read() == b"ok"
 
 
-def test_kubectl_reports_the_pinned_release(cluster: ClusterUnderTest) -> None:
+def test_kubectl_reports_the_pinned_release(cluster: TestCluster) -> None:
     from kopflet.local.binaries import KUBERNETES_VERSION
 
     out = json.loads(cluster.kubectl("version", "-o", "json").stdout)
@@ -46,7 +46,7 @@ def test_kubectl_reports_the_pinned_release(cluster: ClusterUnderTest) -> None:
 
 
 def test_controller_manager_garbage_collects_owned_objects(
-    cluster: ClusterUnderTest, namespace: str
+    cluster: TestCluster, namespace: str
 ) -> None:
     cluster.kubectl("-n", namespace, "create", "configmap", "owner")
     uid = cluster.kubectl(
@@ -75,7 +75,7 @@ def test_controller_manager_garbage_collects_owned_objects(
     )
 
 
-def test_every_node_has_its_own_engine_with_the_test_images(cluster: ClusterUnderTest) -> None:
+def test_every_node_has_its_own_engine_with_the_test_images(cluster: TestCluster) -> None:
     expected = images.busybox_image().reference
     for node in cluster.nodes:
         client = cluster.docker(node)
@@ -88,7 +88,7 @@ def test_every_node_has_its_own_engine_with_the_test_images(cluster: ClusterUnde
             client.close()
 
 
-def test_container_on_node_1_is_reachable_by_ip_from_node_2(cluster: ClusterUnderTest) -> None:
+def test_container_on_node_1_is_reachable_by_ip_from_node_2(cluster: TestCluster) -> None:
     first, second = cluster.nodes[0], cluster.nodes[1]
     subnet, address = "10.250.1.0/24", "10.250.1.10"
     client = cluster.docker(first)
@@ -165,7 +165,7 @@ def _removed(network: docker.models.networks.Network) -> bool:
     return True
 
 
-def test_agent_credentials_are_refused_outside_their_grant(cluster: ClusterUnderTest) -> None:
+def test_agent_credentials_are_refused_outside_their_grant(cluster: TestCluster) -> None:
     agent = cluster.config.state_dir / "kopflet-agent.kubeconfig"
     allowed = cluster.kubectl("get", "configmaps", "-A", kubeconfig=agent, check=False)
     assert allowed.returncode == 0, allowed.stderr
@@ -180,7 +180,7 @@ def test_agent_credentials_are_refused_outside_their_grant(cluster: ClusterUnder
         assert "system:serviceaccount:kopflet-system:kopflet-agent" in refused.stderr
 
 
-def test_supervisor_restarts_a_component_that_dies(cluster: ClusterUnderTest) -> None:
+def test_supervisor_restarts_a_component_that_dies(cluster: TestCluster) -> None:
     node = cluster.nodes[-1]
 
     def dockerd_state() -> tuple[int | None, int]:
@@ -270,7 +270,7 @@ def _leftovers(config: ClusterConfig) -> list[str]:
 
 @pytest.mark.timeout(900)
 def test_up_reports_a_running_cluster_and_down_removes_everything_even_after_a_crash(
-    cluster: ClusterUnderTest,
+    cluster: TestCluster,
 ) -> None:
     """A second, two-node cluster of its own: up, up again, a crashed supervisor, down twice."""
     _check_infrastructure()
