@@ -68,7 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     kubeconfig = current.details.get("kubeconfig", "")
     print(
         f"\nUse it:\n  export KUBECONFIG={kubeconfig}\n  kubectl get na\n"
-        f"  kubectl apply -f examples/web.yaml\n  kopflet status    # components and restarts\n"
+        f"  kubectl apply -f examples/web-server.yaml\n"
+        f"  kopflet status    # components and restarts\n"
         f"  kopflet down      # removes everything up made"
     )
     return 0
@@ -113,15 +114,26 @@ def cmd_build_binaries(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, what: str) -> int:
+#: Subcommands whose module parses its own arguments: ``kopflet NAME ...`` runs
+#: ``MODULE.main(argv)`` with the arguments after NAME.
+DELEGATED = {
+    "controller": ("kopflet.controller.main", "run the controller"),
+    "agent": ("kopflet.agent.main", "run a node agent"),
+    "logs": ("kopflet.agent.logs_command", "print or follow a container's output"),
+    "load-image": ("kopflet.local.load_image", "put a local image into every node's engine"),
+}
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    module, _help = DELEGATED[command]
     try:
         target = importlib.import_module(module)
     except ModuleNotFoundError as error:
-        if error.name and error.name.startswith(module.rsplit(".", 1)[0]):
-            print(f"kopflet: the {what} is not built yet", file=sys.stderr)
+        if error.name is not None and module.startswith(error.name):
+            print(f"kopflet: `kopflet {command}` is not built yet", file=sys.stderr)
             return 2
         raise
-    return int(target.main(sys.argv[2:]))
+    return int(target.main(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_cluster_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("supervise", help=argparse.SUPPRESS)
+    p = sub.add_parser("supervise", help="the supervisor `up` starts in the background")
     _add_cluster_args(p)
     p.add_argument("--nodes", type=int, default=3)
     p.set_defaults(func=cmd_supervise)
@@ -150,12 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("build-binaries", help="find or build etcd and the Kubernetes binaries")
     p.set_defaults(func=cmd_build_binaries)
 
-    for name, module, what in (
-        ("controller", "kopflet.controller.main", "controller"),
-        ("agent", "kopflet.agent.main", "agent"),
-    ):
-        p = sub.add_parser(name, help=f"run the {what}", add_help=False)
-        p.set_defaults(func=lambda _a, m=module, w=what: _delegate(m, w))
+    for name, (_module, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
 
-    args, _rest = parser.parse_known_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in DELEGATED:
+        return _delegate(arguments[0], arguments[1:])
+    args = parser.parse_args(arguments)
     return int(args.func(args))
