@@ -1,0 +1,280 @@
+"""The scheduler loop: bind every unbound Instance to a node.
+
+Decisions are made one at a time from one snapshot of the nodes' usage per pass; each binding
+is *assumed* (its requests added to the node's usage) before its API write is sent, and stays
+assumed until the watch shows the Instance bound. Binds then run concurrently without ever
+overcommitting a node, because no two decisions see the same free capacity — the kube-
+scheduler's assume cache. The bind itself is conditional on the Instance's resourceVersion, so
+an Instance is bound once even if two binders race for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from loguru import logger
+
+from kopflet.api import Condition, Instance, find_condition, set_condition
+from kopflet.api.constants import CONDITION_INSTANCE_SCHEDULED, INSTANCE_PLURAL, NODE_NAME_LABEL
+from kopflet.controller.cluster_cache import ClusterCache
+from kopflet.controller.events import EventRecorder, ref_of
+from kopflet.controller.instance_state import (
+    NO_REQUESTS,
+    NodeName,
+    ObjectKey,
+    Requests,
+    controller_uid,
+    creation_order_key,
+    is_finished,
+    key_of,
+    requests_of,
+)
+from kopflet.controller.kube_api import ApiError, ClusterApi, Conflict, NotFound, custom_path
+from kopflet.controller.scheduling import NodeSnapshot, choose_node, snapshot_of
+
+REASON_UNSCHEDULABLE = "Unschedulable"
+#: Unschedulable Instances are retried on every node or Instance change, and at least this often.
+RETRY_SECONDS = 10.0
+#: A bind not seen through the watch after this long is forgotten (its capacity freed).
+ASSUME_TTL_SECONDS = 30.0
+_BIND_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class _Assumed:
+    node: NodeName
+    requests: Requests
+    owner: str | None
+    expires: float
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cache: Callable[[], ClusterCache],
+        api: ClusterApi,
+        events: EventRecorder,
+        *,
+        on_pass: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._api = api
+        self._events = events
+        self._on_pass = on_pass
+        self._wakeup = asyncio.Event()
+        self._assumed: dict[ObjectKey, _Assumed] = {}
+        self._requests: dict[str, Requests] = {}  # by Instance UID: specs are immutable
+        self._binds: set[asyncio.Task[None]] = set()
+        self._gate = asyncio.Semaphore(_BIND_CONCURRENCY)
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=RETRY_SECONDS)
+            self._wakeup.clear()
+            started = time.monotonic()
+            try:
+                decided = await self.schedule_pending()
+            except Exception:
+                logger.exception("scheduling pass failed")
+                decided = 0
+            if self._on_pass:
+                self._on_pass(time.monotonic() - started, decided)
+            # Let a burst of watch events land before the next pass re-reads everything.
+            await asyncio.sleep(0.02)
+
+    def _requests_of(self, instance: Instance) -> Requests:
+        uid = str(instance.metadata.uid)
+        found = self._requests.get(uid)
+        if found is None:
+            found = self._requests[uid] = requests_of(instance)
+        return found
+
+    def _snapshot(self, cache: ClusterCache) -> dict[NodeName, NodeSnapshot]:
+        now = time.monotonic()
+        seen: set[str] = set()
+        nodes: dict[NodeName, NodeSnapshot] = {}
+        for node in cache.nodes():
+            name = NodeName(node.metadata.name or "")
+            used = NO_REQUESTS
+            owners: Counter[str] = Counter()
+            for instance in cache.instances_on(name):
+                seen.add(str(instance.metadata.uid))
+                if is_finished(instance):
+                    continue
+                used = used + self._requests_of(instance)
+                owner = controller_uid(instance)
+                if owner:
+                    owners[owner] += 1
+            nodes[name] = snapshot_of(node, used=used, per_owner=owners)
+        for key, assumed in list(self._assumed.items()):
+            current = cache.instance(key)
+            if assumed.expires < now or current is None or current.spec.node_name:
+                del self._assumed[key]  # seen bound (or gone): the cache counts it now
+                continue
+            self._reserve(nodes, assumed)
+        if len(self._requests) > 2 * len(seen) + 1000:
+            unbound = {str(i.metadata.uid) for i in cache.unbound_instances()}
+            self._requests = {u: r for u, r in self._requests.items() if u in seen | unbound}
+        return nodes
+
+    @staticmethod
+    def _reserve(nodes: dict[NodeName, NodeSnapshot], assumed: _Assumed) -> None:
+        node = nodes.get(assumed.node)
+        if node is None:
+            return
+        owners = Counter(node.per_owner)
+        if assumed.owner:
+            owners[assumed.owner] += 1
+        nodes[assumed.node] = NodeSnapshot(
+            name=node.name,
+            labels=node.labels,
+            ready=node.ready,
+            unschedulable=node.unschedulable,
+            allocatable=node.allocatable,
+            used=node.used + assumed.requests,
+            per_owner=owners,
+        )
+
+    async def schedule_pending(self) -> int:
+        """One pass over every unbound Instance; returns how many were decided."""
+        cache = self._cache()
+        if not cache.has_unbound_instances():
+            self._assumed.clear()
+            return 0
+        nodes = self._snapshot(cache)
+        pending = sorted(
+            (i for i in cache.unbound_instances() if key_of(i) not in self._assumed),
+            key=creation_order_key,
+        )
+        for instance in pending:
+            wanted = self._requests_of(instance)
+            owner = controller_uid(instance)
+            decision = choose_node(
+                wanted=wanted,
+                node_selector=instance.spec.node_selector,
+                owner_uid=owner,
+                nodes=list(nodes.values()),
+                seed=str(instance.metadata.uid),
+            )
+            if decision.node is None:
+                await self._unschedulable(instance, decision.message)
+                continue
+            assumed = _Assumed(
+                node=decision.node,
+                requests=wanted,
+                owner=owner,
+                expires=time.monotonic() + ASSUME_TTL_SECONDS,
+            )
+            self._assumed[key_of(instance)] = assumed
+            self._reserve(nodes, assumed)
+            task = asyncio.create_task(self._bind(instance, decision.node))
+            self._binds.add(task)
+            task.add_done_callback(self._binds.discard)
+        return len(pending)
+
+    async def _bind(self, instance: Instance, node: NodeName) -> None:
+        key = key_of(instance)
+        path = custom_path(INSTANCE_PLURAL, namespace=key.namespace, name=key.name)
+        async with self._gate:
+            try:
+                bound = await self._api.merge_patch(
+                    path,
+                    {
+                        "metadata": {
+                            "resourceVersion": instance.metadata.resource_version,
+                            "labels": {NODE_NAME_LABEL: node},
+                        },
+                        "spec": {"nodeName": node},
+                    },
+                )
+            except (Conflict, NotFound):
+                # Changed or deleted since we read it: forget the decision, look again.
+                self._assumed.pop(key, None)
+                self.wake()
+                return
+            except (ApiError, OSError, TimeoutError) as error:
+                logger.warning("binding {} to {} failed: {}", key, node, error)
+                self._assumed.pop(key, None)
+                self.wake()
+                return
+            self._events.record(
+                ref_of(instance),
+                type="Normal",
+                reason="Scheduled",
+                action="Binding",
+                note=f"Successfully assigned {key} to {node}",
+            )
+            await self._set_scheduled(
+                instance,
+                resource_version=str((bound.get("metadata") or {}).get("resourceVersion", "")),
+                condition=Condition(
+                    type=CONDITION_INSTANCE_SCHEDULED,
+                    status="True",
+                    reason="Scheduled",
+                    message=f"Bound to {node}",
+                ),
+            )
+
+    async def _unschedulable(self, instance: Instance, message: str) -> None:
+        conditions = instance.status.conditions if instance.status else None
+        current = find_condition(conditions, CONDITION_INSTANCE_SCHEDULED)
+        if (
+            current is not None
+            and current.status == "False"
+            and current.reason == REASON_UNSCHEDULABLE
+            and current.message == message
+        ):
+            return
+        self._events.record(
+            ref_of(instance),
+            type="Warning",
+            reason="FailedScheduling",
+            action="Scheduling",
+            note=message,
+        )
+        await self._set_scheduled(
+            instance,
+            resource_version=instance.metadata.resource_version or "",
+            condition=Condition(
+                type=CONDITION_INSTANCE_SCHEDULED,
+                status="False",
+                reason=REASON_UNSCHEDULABLE,
+                message=message,
+            ),
+        )
+
+    async def _set_scheduled(
+        self, instance: Instance, *, resource_version: str, condition: Condition
+    ) -> None:
+        """Write only the scheduling condition, conditional on the version read: if the agent
+        has written the status meanwhile, its own report stands (it reports this one too)."""
+        key = key_of(instance)
+        conditions = set_condition(
+            instance.status.conditions if instance.status else None,
+            condition,
+            now=datetime.now(UTC),
+        )
+        try:
+            await self._api.merge_patch(
+                custom_path(
+                    INSTANCE_PLURAL, namespace=key.namespace, name=key.name, subresource="status"
+                ),
+                {
+                    "metadata": {"resourceVersion": resource_version},
+                    "status": {"conditions": [c.to_dict() for c in conditions]},
+                },
+            )
+        except (Conflict, NotFound):
+            pass
+        except (ApiError, OSError, TimeoutError) as error:
+            logger.warning("instance {}: condition {} not written: {}", key, condition.type, error)
