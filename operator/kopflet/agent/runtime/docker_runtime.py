@@ -12,9 +12,8 @@ import contextlib
 import functools
 import ipaddress
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import docker
@@ -38,6 +37,7 @@ from kopflet.agent.runtime.container_runtime import (
     RuntimeUnavailable,
     SandboxRequest,
 )
+from kopflet.agent.runtime.docker_records import event_from, record_from_inspect
 from kopflet.agent.runtime.labels import (
     INSTANCE_UID_LABEL,
     NODE_LABEL,
@@ -46,63 +46,13 @@ from kopflet.agent.runtime.labels import (
     ContainerLabels,
     container_name_for,
 )
-from kopflet.agent.runtime.records import ContainerRecord, RunState
+from kopflet.agent.runtime.records import ContainerRecord
 from kopflet.api import UID
 
 T = TypeVar("T")
 
-_NEVER: Final = "0001-01-01T00:00:00Z"
-_STATES: Final = {
-    "created": RunState.CREATED,
-    "running": RunState.RUNNING,
-    "exited": RunState.EXITED,
-}
 _MASQUERADE_OPTION: Final = "com.docker.network.bridge.enable_ip_masquerade"
 _BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
-
-
-def _epoch(value: str | None) -> float | None:
-    """Docker's RFC 3339 with nanoseconds, ``None`` for its zero time."""
-    if not value or value.startswith(_NEVER[:4]):
-        return None
-    head, _, frac = value.rstrip("Z").partition(".")
-    digits = "".join(ch for ch in frac if ch.isdigit())[:6]
-    moment = datetime.fromisoformat(f"{head}.{digits or '0'}+00:00")
-    return moment.timestamp()
-
-
-def record_from_inspect(data: Mapping[str, Any], labels: ContainerLabels) -> ContainerRecord:
-    """The observed record of one container, from ``docker inspect`` output."""
-    state = data.get("State") or {}
-    status = str(state.get("Status", ""))
-    run_state = _STATES.get(status, RunState.UNKNOWN)
-    error = str(state.get("Error") or "")
-    if run_state is RunState.CREATED and error:
-        # A start the engine refused leaves the container "created" with the reason set;
-        # for restart decisions that is a failed run, not a pending one.
-        run_state = RunState.EXITED
-    networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
-    ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
-    mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
-    sandbox = (
-        ContainerID(mode.removeprefix("container:")) if mode.startswith("container:") else None
-    )
-    exit_code = state.get("ExitCode")
-    return ContainerRecord(
-        id=ContainerID(data["Id"]),
-        labels=labels,
-        state=run_state,
-        image=str((data.get("Config") or {}).get("Image") or ""),
-        image_id=str(data.get("Image") or ""),
-        created_at=_epoch(data.get("Created")) or 0.0,
-        started_at=_epoch(state.get("StartedAt")),
-        finished_at=_epoch(state.get("FinishedAt")),
-        exit_code=exit_code if run_state is RunState.EXITED else None,
-        oom_killed=bool(state.get("OOMKilled")),
-        error=error,
-        ip=ip,
-        sandbox_id=sandbox,
-    )
 
 
 class DockerRuntime:
@@ -425,7 +375,7 @@ class DockerRuntime:
         def pump() -> None:
             try:
                 for item in stream:
-                    event = _event_from(item)
+                    event = event_from(item)
                     if event is not None:
                         loop.call_soon_threadsafe(queue.put_nowait, event)
             except Exception as exc:  # the stream broke: tell the reader, don't hide it
@@ -443,17 +393,3 @@ class DockerRuntime:
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
-
-
-def _event_from(item: Mapping[str, Any]) -> RuntimeEvent | None:
-    actor = item.get("Actor") or {}
-    labels = ContainerLabels.parse(actor.get("Attributes"))
-    try:
-        kind = EventKind(item.get("Action") or item.get("status") or "")
-    except ValueError:
-        return None
-    if labels is None:
-        return None
-    return RuntimeEvent(
-        kind=kind, container_id=ContainerID(actor.get("ID", "")), instance_uid=labels.instance_uid
-    )

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterable
+
+from loguru import logger
 
 from kopflet.agent.runtime import metrics
 from kopflet.agent.runtime.backoff import BackoffTable
@@ -45,8 +46,6 @@ from kopflet.agent.runtime.reporting import InstanceRef, RuntimeReporter
 from kopflet.agent.runtime.sync_instance import InstanceSyncer
 from kopflet.agent.runtime.volumes import InstanceVolumes
 from kopflet.api import UID, Instance, InstanceStatus
-
-logger = logging.getLogger(__name__)
 
 #: How long a worker waits before retrying a pass that failed on the engine or the API.
 RETRY_SECONDS = 2.0
@@ -177,7 +176,7 @@ class RuntimeEngine:
                     bridge_name=config.bridge_name,
                 )
             except (RuntimeUnavailable, RuntimeOperationError) as exc:
-                logger.warning("instance network not ready: %s", exc)
+                logger.warning("instance network not ready: {}", exc)
                 await self._clock.sleep(RETRY_SECONDS)
         self._network_ready.set()
 
@@ -188,7 +187,7 @@ class RuntimeEngine:
             try:
                 events = await self._relister.relist()
             except Exception as exc:  # the age grows and tells; the loop must go on
-                logger.warning("relist failed: %s", exc)
+                logger.warning("relist failed: {}", exc)
             else:
                 metrics.RELIST_DURATION.observe(self._clock.now() - started)
                 for uid in {e.instance_uid for e in events}:
@@ -213,7 +212,7 @@ class RuntimeEngine:
                 async for event in self._runtime.events():
                     self.wake(event.instance_uid)
             except Exception as exc:  # the relist is the backstop while events are away
-                logger.warning("docker events interrupted: %s", exc)
+                logger.warning("docker events interrupted: {}", exc)
             await self._clock.sleep(RETRY_SECONDS)
 
     def _ensure_worker(self, uid: UID) -> None:
@@ -235,7 +234,12 @@ class RuntimeEngine:
             try:
                 done, wake_at = await self._sync(uid)
             except (RuntimeUnavailable, RuntimeOperationError, OSError) as exc:
-                logger.warning("sync of instance %s failed, retrying: %s", uid, exc)
+                logger.warning("sync of instance {} failed, retrying: {}", uid, exc)
+                metrics.SYNC_ERRORS.inc()
+                done, wake_at = False, self._clock.now() + RETRY_SECONDS
+            except Exception:
+                # A bug must not leave an instance without its worker: log it, retry later.
+                logger.exception("sync of instance {} crashed, retrying", uid)
                 metrics.SYNC_ERRORS.inc()
                 done, wake_at = False, self._clock.now() + RETRY_SECONDS
             finally:
@@ -352,7 +356,7 @@ class RuntimeEngine:
         try:
             await self._reporter.instance_status(instance, status)
         except Exception as exc:  # the API is away: the containers carry on regardless
-            logger.warning("status of %s not written: %s", uid, exc)
+            logger.warning("status of {} not written: {}", uid, exc)
             return False
         self._written[uid] = status
         return True
