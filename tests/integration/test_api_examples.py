@@ -231,7 +231,7 @@ def test_instances_can_be_listed_per_node_with_a_field_selector(
             "metadata": {"name": f"i{i}"},
             "spec": {
                 "nodeName": nodes[node],
-                "containers": [{"name": "main", "image": "kopflet/busybox:1.35.0"}],
+                "containers": [{"name": "main", "image": "kopflet/busybox:local"}],
             },
         }
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(inst))
@@ -263,7 +263,7 @@ def test_valid_updates_are_accepted(cluster: TestCluster, namespace: str) -> Non
         "metadata": {"name": "late"},
         "spec": {
             "nodeSelector": {"kopflet.dev/none": "true"},
-            "containers": [{"name": "main", "image": "kopflet/busybox:1.35.0"}],
+            "containers": [{"name": "main", "image": "kopflet/busybox:local"}],
         },
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(unbound))

@@ -31,7 +31,7 @@ def workload(name: str) -> Obj:
                     "containers": [
                         {
                             "name": "main",
-                            "image": "kopflet/busybox:1.35.0",
+                            "image": "kopflet/busybox:local",
                             "ports": [{"name": "http", "containerPort": 8080}],
                         }
                     ]
@@ -52,7 +52,7 @@ def instance(name: str) -> Obj:
             "containers": [
                 {
                     "name": "main",
-                    "image": "kopflet/busybox:1.35.0",
+                    "image": "kopflet/busybox:local",
                     "ports": [{"name": "http", "containerPort": 8080}],
                 }
             ],

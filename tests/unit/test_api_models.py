@@ -101,7 +101,7 @@ def test_status_round_trips_with_core_spellings() -> None:
                 "ready": True,
                 "started": True,
                 "restartCount": 2,
-                "image": "kopflet/busybox:1.35.0",
+                "image": "kopflet/busybox:local",
                 "imageID": "sha256:abc",
                 "containerID": "docker://0123",
                 "imagePullPolicy": "IfNotPresent",

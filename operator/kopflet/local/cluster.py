@@ -158,6 +158,11 @@ def _start_cluster(config: ClusterConfig, supervisor: Supervisor, *, should_stop
                         node.docker_host,
                         "--kubeconfig",
                         str(kubeconfigs[bootstrap.AGENT_SERVICE_ACCOUNT]),
+                        # Nodes share the host's filesystem: each agent keeps its volumes apart.
+                        "--state-dir",
+                        str(node.data_dir / "agent"),
+                        "--sandbox-image",
+                        images.BUSYBOX_IMAGE,
                     ),
                     log_file=config.log_dir / f"{node.name}-agent.log",
                 ),

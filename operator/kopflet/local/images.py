@@ -23,10 +23,16 @@ class LocalImage:
     #: Builds the root filesystem as an uncompressed tar archive.
     build_rootfs: Callable[[], bytes]
     changes: tuple[str, ...] = ()
+    #: Further tags of the same image.
+    aliases: tuple[str, ...] = ()
 
     @property
     def reference(self) -> str:
         return f"{self.repository}:{self.tag}"
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return (self.reference, *(f"{self.repository}:{a}" for a in self.aliases))
 
 
 def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -117,10 +123,16 @@ def busybox_rootfs() -> bytes:
     return buffer.getvalue()
 
 
+#: The tag examples and tests use: stable whatever busybox version the machine has, and not
+#: ``latest`` (which would mean imagePullPolicy Always, and a pull no registry can serve).
+BUSYBOX_IMAGE = "kopflet/busybox:local"
+
+
 def busybox_image() -> LocalImage:
     return LocalImage(
         repository="kopflet/busybox",
-        tag=busybox_version(),
+        tag="local",
+        aliases=(busybox_version(),),
         build_rootfs=busybox_rootfs,
         changes=('CMD ["sh"]', "ENV PATH=/bin"),
     )
@@ -136,15 +148,19 @@ def load_image(client: docker.DockerClient, image: LocalImage, rootfs: bytes) ->
     digest = hashlib.sha256(rootfs).hexdigest()
     try:
         present = client.images.get(image.reference)
-        if (present.labels or {}).get(CONTENT_LABEL) == digest:
-            return str(present.id)
+        if (present.labels or {}).get(CONTENT_LABEL) != digest:
+            present = None
     except docker.errors.ImageNotFound:
-        pass
-    changes = [*image.changes, f"LABEL {CONTENT_LABEL}={digest}"]
-    client.api.import_image_from_data(
-        rootfs, repository=image.repository, tag=image.tag, changes=changes
-    )
-    return str(client.images.get(image.reference).id)
+        present = None
+    if present is None:
+        changes = [*image.changes, f"LABEL {CONTENT_LABEL}={digest}"]
+        client.api.import_image_from_data(
+            rootfs, repository=image.repository, tag=image.tag, changes=changes
+        )
+        present = client.images.get(image.reference)
+    for alias in image.aliases:
+        present.tag(image.repository, alias)
+    return str(present.id)
 
 
 def load_images(docker_hosts: Iterable[str], images: Iterable[LocalImage]) -> None:
