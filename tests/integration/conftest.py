@@ -15,7 +15,7 @@ import docker
 import kubernetes
 import pytest
 
-from kopflet.local import bootstrap
+from kopflet.local import bootstrap, images
 from kopflet.local import cluster as local_cluster
 from kopflet.local.binaries import Binaries, BinariesError, ensure_binaries
 from kopflet.local.config import ClusterConfig, NodeConfig
@@ -121,12 +121,15 @@ def _check_infrastructure() -> Binaries:
 def cluster() -> Iterator[TestCluster]:
     binaries = _check_infrastructure()
     # A test cluster that already runs (KOPFLET_KEEP_TEST_CLUSTER=1 on an earlier run, or another
-    # run in parallel) is reused and left running; it gets this checkout's CRDs and RBAC.
+    # run in parallel) is reused and left running; it gets this checkout's CRDs, RBAC and images.
     reused = local_cluster.status(TEST_CLUSTER) is not None
     try:
         local_cluster.up(TEST_CLUSTER)
         if reused:
             bootstrap.apply_api_and_rbac(binaries, TEST_CLUSTER)
+            images.load_images(
+                [n.docker_host for n in TEST_CLUSTER.node_configs()], images.default_images()
+            )
     except (local_cluster.UpFailed, bootstrap.BootstrapError) as error:
         pytest.fail(f"the test cluster did not come up: {error}", pytrace=False)
     yield TestCluster(config=TEST_CLUSTER, binaries=binaries)
