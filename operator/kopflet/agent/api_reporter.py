@@ -1,0 +1,88 @@
+"""The runtime's :class:`RuntimeReporter` over the API: status, finalizer, Events.
+
+The runtime engine is the single writer of its Instances' status and calls this only when
+the status changed; this turns the change into a merge patch of the fields that differ,
+conditional on the Instance's uid, so a status computed for a deleted Instance never lands
+on a new one of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from loguru import logger
+
+from kopflet.agent import metrics
+from kopflet.agent.event_recorder import EventRecorder, ObjectRef
+from kopflet.agent.instance_finalizers import FinalizerWriter
+from kopflet.agent.kube_client import KOPFLET_API, NotFound, object_path
+from kopflet.agent.runtime.reporting import EventType, InstanceRef
+from kopflet.agent.status_patch import status_merge_patch
+from kopflet.api import UID, Instance, InstanceStatus
+from kopflet.api.constants import API_VERSION, INSTANCE_KIND, INSTANCE_PLURAL
+
+
+class StatusApi(Protocol):
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def instance_object_ref(ref: InstanceRef) -> ObjectRef:
+    return ObjectRef(
+        api_version=API_VERSION,
+        kind=INSTANCE_KIND,
+        name=ref.name,
+        namespace=ref.namespace,
+        uid=ref.uid,
+    )
+
+
+class ApiReporter:
+    def __init__(
+        self, api: StatusApi, *, events: EventRecorder, finalizers: FinalizerWriter
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._finalizers = finalizers
+        #: The last status written per Instance (the watch may not have echoed it yet).
+        self._written: dict[UID, dict[str, Any]] = {}
+        self.status_writes = 0
+
+    async def instance_status(self, instance: Instance, status: InstanceStatus) -> None:
+        meta = instance.metadata
+        assert meta.uid is not None
+        new = status.to_dict()
+        observed = instance.status.to_dict() if instance.status is not None else None
+        patch = status_merge_patch(new, [self._written.get(meta.uid) or observed, observed])
+        if not patch:
+            self._written[meta.uid] = new
+            return
+        path = object_path(
+            KOPFLET_API,
+            INSTANCE_PLURAL,
+            namespace=meta.namespace or "default",
+            name=meta.name,
+            subresource="status",
+        )
+        try:
+            await self._api.merge_patch(path, {"metadata": {"uid": meta.uid}, "status": patch})
+        except NotFound:
+            # Deleted meanwhile; the watch will say so and the engine forgets it.
+            logger.debug("status of {}/{} not written: gone", meta.namespace, meta.name)
+            return
+        self._written[meta.uid] = new
+        self.status_writes += 1
+        metrics.INSTANCE_STATUS_WRITES.inc()
+
+    async def instance_cleaned_up(self, instance: Instance) -> None:
+        meta = instance.metadata
+        assert meta.uid is not None
+        self._written.pop(meta.uid, None)
+        self._finalizers.request(instance, present=False)
+
+    def event(self, ref: InstanceRef, *, type: EventType, reason: str, message: str) -> None:
+        self._events.record(instance_object_ref(ref), type=type, reason=reason, message=message)
+
+    def forget(self, uid: UID) -> None:
+        """The Instance left this node: its last written status is of no use any more."""
+        self._written.pop(uid, None)

@@ -1,0 +1,170 @@
+"""The agent's finalizer on its node's Instances: added while they live, removed once their
+containers are gone, so ``kubectl delete`` returns only when the node is clean.
+
+Requests are recorded (the latest per Instance wins) and written by one background loop
+with retries, so neither the watch nor the runtime engine waits on the API server; an API
+server that is away delays the removal, it does not lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from loguru import logger
+
+from kopflet.agent.kube_client import (
+    KOPFLET_API,
+    ApiError,
+    ApiUnavailable,
+    Conflict,
+    JsonObject,
+    NotFound,
+    object_path,
+)
+from kopflet.agent.status_patch import (
+    AGENT_FINALIZER,
+    finalizer_patch,
+    finalizers_with,
+    finalizers_without,
+)
+from kopflet.api import UID, Instance
+from kopflet.api.constants import INSTANCE_PLURAL
+
+#: Conflicts in a row before a request waits for the next round.
+MAX_CONFLICTS = 5
+
+
+class FinalizerApi(Protocol):
+    """What the writer needs of the API (``KubeClient`` has it)."""
+
+    async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> JsonObject: ...
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> JsonObject: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizerRequest:
+    uid: UID
+    namespace: str
+    name: str
+    present: bool
+    #: What the watch last showed, to try without a GET first.
+    resource_version: str
+    finalizers: tuple[str, ...]
+
+
+def _path(namespace: str, name: str) -> str:
+    return object_path(KOPFLET_API, INSTANCE_PLURAL, namespace=namespace, name=name)
+
+
+class FinalizerWriter:
+    def __init__(
+        self,
+        api: FinalizerApi,
+        *,
+        finalizer: str = AGENT_FINALIZER,
+        retry_seconds: float = 2.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._api = api
+        self.finalizer = finalizer
+        self._retry_seconds = retry_seconds
+        self._sleep = sleep
+        self._pending: dict[UID, FinalizerRequest] = {}
+        self._wake = asyncio.Event()
+
+    def needs_adding(self, instance: Instance) -> bool:
+        meta = instance.metadata
+        return meta.deletion_timestamp is None and self.finalizer not in (meta.finalizers or ())
+
+    def request(self, instance: Instance, *, present: bool) -> None:
+        meta = instance.metadata
+        assert meta.uid is not None
+        self._pending[meta.uid] = FinalizerRequest(
+            uid=meta.uid,
+            namespace=meta.namespace or "default",
+            name=meta.name or "",
+            present=present,
+            resource_version=meta.resource_version or "",
+            finalizers=tuple(meta.finalizers or ()),
+        )
+        self._wake.set()
+
+    def forget(self, uid: UID) -> None:
+        """The Instance is gone: nothing left to write."""
+        self._pending.pop(uid, None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self, *, max_rounds: int | None = None) -> None:
+        rounds = 0
+        while max_rounds is None or rounds < max_rounds:
+            rounds += 1
+            self._wake.clear()
+            retry = False
+            for uid, request in list(self._pending.items()):
+                if await self._write(request):
+                    # A newer request may have arrived while this one was written.
+                    if self._pending.get(uid) is request:
+                        del self._pending[uid]
+                else:
+                    retry = True
+            if self._wake.is_set():
+                continue
+            if retry:
+                await self._sleep(self._retry_seconds)
+            else:
+                await self._wake.wait()
+
+    async def _write(self, request: FinalizerRequest) -> bool:
+        """True when done (written, not needed, or the Instance is gone)."""
+        path = _path(request.namespace, request.name)
+        version, finalizers = request.resource_version, list(request.finalizers)
+        deleting = False
+        for _ in range(MAX_CONFLICTS):
+            if request.present:
+                # An object being deleted takes no new finalizers; it is cleaned up anyway.
+                wanted = None if deleting else finalizers_with(finalizers, self.finalizer)
+            else:
+                wanted = finalizers_without(finalizers, self.finalizer)
+            if wanted is None:
+                return True
+            try:
+                await self._api.merge_patch(
+                    path, finalizer_patch(resource_version=version, finalizers=wanted)
+                )
+                verb = "added" if request.present else "removed"
+                logger.info(
+                    "finalizer {} {} on {}/{}",
+                    self.finalizer,
+                    verb,
+                    request.namespace,
+                    request.name,
+                )
+                return True
+            except NotFound:
+                return True
+            except Conflict:
+                pass
+            except (ApiUnavailable, ApiError) as exc:
+                logger.warning("finalizer of {}/{}: {}", request.namespace, request.name, exc)
+                return False
+            try:
+                fresh = await self._api.get(path)
+            except NotFound:
+                return True
+            except (ApiUnavailable, ApiError) as exc:
+                logger.warning("finalizer of {}/{}: {}", request.namespace, request.name, exc)
+                return False
+            meta = fresh.get("metadata") or {}
+            if meta.get("uid") != request.uid:
+                return True  # a new object of the same name: not the one we meant
+            version = str(meta.get("resourceVersion") or "")
+            finalizers = list(meta.get("finalizers") or ())
+            deleting = meta.get("deletionTimestamp") is not None
+        return False

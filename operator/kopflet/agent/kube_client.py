@@ -1,0 +1,264 @@
+"""The API server as the agent talks to it: JSON requests and watch streams over aiohttp.
+
+Credentials come from a kubeconfig (or the in-cluster ServiceAccount) through the kubernetes
+client's loaders, so every form a kubeconfig can take works; the requests themselves go
+through one aiohttp session in the agent's event loop, so a slow API server never holds a
+thread and a watch costs one connection.
+
+Errors the loops branch on are typed: :class:`NotFound`, :class:`Conflict`, :class:`Gone`
+(a resourceVersion too old to watch from) and :class:`ApiUnavailable` (no answer at all:
+retry later, and meanwhile change nothing on the node).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+import aiohttp
+import kubernetes
+
+from kopflet.api.constants import GROUP, VERSION
+
+JsonObject = dict[str, Any]
+
+JSON: Final = "application/json"
+MERGE_PATCH: Final = "application/merge-patch+json"
+JSON_PATCH: Final = "application/json-patch+json"
+
+
+class ApiUnavailable(Exception):
+    """No answer from the API server (refused, reset, timed out)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Gone(ApiError):
+    """410: the resourceVersion asked for is compacted away; list again."""
+
+
+_BY_STATUS: Final[dict[int, type[ApiError]]] = {404: NotFound, 409: Conflict, 410: Gone}
+
+
+def api_error(status: int, body: Mapping[str, Any] | None, fallback: str = "") -> ApiError:
+    """The typed error of a ``Status`` object (or of a bare HTTP status)."""
+    body = body or {}
+    reason = str(body.get("reason") or "")
+    message = str(body.get("message") or fallback)
+    code = int(body.get("code") or status)
+    return _BY_STATUS.get(code, ApiError)(code, reason, message)
+
+
+def object_path(
+    prefix: str,
+    plural: str,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """``<prefix>[/namespaces/<ns>]/<plural>[/<name>[/<subresource>]]``."""
+    parts = [prefix]
+    if namespace:
+        parts.append(f"namespaces/{urllib.parse.quote(namespace)}")
+    parts.append(plural)
+    if name:
+        parts.append(urllib.parse.quote(name))
+        if subresource:
+            parts.append(subresource)
+    return "/".join(parts)
+
+
+#: Prefixes of the groups the agent uses.
+KOPFLET_API: Final = f"/apis/{GROUP}/{VERSION}"
+CORE_API: Final = "/api/v1"
+COORDINATION_API: Final = "/apis/coordination.k8s.io/v1"
+EVENTS_API: Final = "/apis/events.k8s.io/v1"
+
+
+def load_configuration(kubeconfig: str | None) -> kubernetes.client.Configuration:
+    """The kubeconfig's current context, or the in-cluster ServiceAccount without one."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    return configuration
+
+
+def _ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    if configuration.cert_file and configuration.key_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _bearer_token(configuration: kubernetes.client.Configuration) -> str | None:
+    # The in-cluster loader installs a hook that re-reads the projected token file when it
+    # is due; without calling it a long-running agent would present an expired token.
+    hook = getattr(configuration, "refresh_api_key_hook", None)
+    if hook is not None:
+        hook(configuration)
+    header = configuration.get_api_key_with_prefix("BearerToken") or (
+        configuration.get_api_key_with_prefix("authorization")
+    )
+    return str(header).removeprefix("Bearer ").strip() if header else None
+
+
+def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines of ``buffer + chunk`` and the unfinished rest. A watch sends one JSON
+    object per line; one object can be larger than any fixed read buffer (a 1 MiB Secret)."""
+    data = buffer + chunk
+    *lines, rest = data.split(b"\n")
+    return [line for line in lines if line.strip()], rest
+
+
+class KubeClient:
+    """One API server; the session is made in the running loop on first use."""
+
+    def __init__(
+        self,
+        configuration: kubernetes.client.Configuration,
+        *,
+        request_timeout: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        self._configuration = configuration
+        self._base = str(configuration.host).rstrip("/")
+        self._request_timeout = request_timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None, **kwargs: Any) -> KubeClient:
+        return cls(load_configuration(kubeconfig), **kwargs)
+
+    @property
+    def host(self) -> str:
+        return self._base
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                ssl=_ssl_context(self._configuration), limit=self._max_connections
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": JSON}
+        token = _bearer_token(self._configuration)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    def url(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return f"{self._base}{path}{query}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> JsonObject:
+        data = None if body is None else json.dumps(body)
+        if data is not None and content_type is None:
+            content_type = JSON
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        try:
+            async with self._session_now().request(
+                method,
+                self.url(path, params),
+                data=data,
+                headers=self._headers(content_type),
+                timeout=timeout,
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiUnavailable(f"{method} {path}: {exc!r}") from exc
+        parsed: Any = None
+        if text:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+        if status >= 400:
+            raise api_error(status, parsed if isinstance(parsed, dict) else None, text[:500])
+        return parsed if isinstance(parsed, dict) else {}
+
+    async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> JsonObject:
+        return await self.request("GET", path, params=params)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> JsonObject:
+        return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> JsonObject:
+        return await self.request("PUT", path, body=body)
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> JsonObject:
+        return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, operations: list[Mapping[str, Any]]) -> JsonObject:
+        return await self.request("PATCH", path, body=operations, content_type=JSON_PATCH)
+
+    async def watch(
+        self, path: str, *, params: Mapping[str, str], server_timeout: int
+    ) -> AsyncIterator[JsonObject]:
+        """The events of one watch request, until the server ends it (``server_timeout``)
+        or the connection breaks (:class:`ApiUnavailable`)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=server_timeout + 30)
+        query = {**params, "watch": "true", "timeoutSeconds": str(server_timeout)}
+        try:
+            async with self._session_now().get(
+                self.url(path, query), headers=self._headers(None), timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    try:
+                        parsed = json.loads(text)
+                    except ValueError:
+                        parsed = None
+                    raise api_error(
+                        response.status, parsed if isinstance(parsed, dict) else None, text[:500]
+                    )
+                rest = b""
+                async for chunk in response.content.iter_any():
+                    lines, rest = split_lines(rest, chunk)
+                    for line in lines:
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiUnavailable(f"watch {path}: {exc!r}") from exc
