@@ -299,21 +299,25 @@ class RuntimeEngine:
         if not actions.is_empty:
             observed = observed_instance(uid, await self._runtime.list_containers(uid))
         wake_at = min((t for t in (actions.wake_at, result.wake_at) if t is not None), default=None)
+        if result.changed or result.failed:
+            # Confirm what was done with a fresh pass at once (a removal wakes nothing
+            # else), or soon if a step failed, so that a broken engine is not hammered.
+            again = now + (RETRY_SECONDS if result.failed else 0.0)
+            wake_at = again if wake_at is None else min(wake_at, again)
         mine = desired is not None and desired.spec.node_name == self._config.node_name
+        if actions.cleaned_up:
+            self._forget(uid)
+            if desired is not None and mine:
+                await self._reporter.instance_cleaned_up(desired)
+            return desired is None or not mine, wake_at
         if desired is not None and mine:
-            deleting = desired.metadata.deletion_timestamp is not None
-            if not deleting and not actions.start:
+            if desired.metadata.deletion_timestamp is None and not actions.start:
                 self._refresh_volumes(desired)
             self._probes.sync(desired, observed)
             await self._collect_messages(observed)
             waiting = {w.name: w for w in actions.waiting} | result.waiting
             if not await self._report(desired, observed, waiting):
                 wake_at = min(wake_at or now + RETRY_SECONDS, now + RETRY_SECONDS)
-        if actions.cleaned_up:
-            self._forget(uid)
-            if desired is not None and mine:
-                await self._reporter.instance_cleaned_up(desired)
-            return desired is None or not mine, wake_at
         return False, wake_at
 
     def _refresh_volumes(self, instance: Instance) -> None:

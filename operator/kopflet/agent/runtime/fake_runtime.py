@@ -41,6 +41,8 @@ class FakeRuntime:
         #: Images a pull makes present; anything else fails to pull.
         self.pullable: dict[str, ImageInfo] = {}
         self.calls: list[tuple[str, str]] = []
+        #: Listings of one instance's containers: one per sync pass, and then some.
+        self.instance_listings = 0
         #: Results of exec by command, used in turn; the last one repeats.
         self.exec_results: dict[tuple[str, ...], list[ExecResult]] = {}
         self.available = True
@@ -104,6 +106,8 @@ class FakeRuntime:
 
     async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
         self._check()
+        if instance_uid is not None:
+            self.instance_listings += 1
         return [
             r
             for r in self.containers.values()

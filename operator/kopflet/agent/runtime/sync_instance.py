@@ -87,6 +87,14 @@ class SyncResult:
     def failed(self) -> bool:
         return any(not s.ok for s in self.steps)
 
+    @property
+    def changed(self) -> bool:
+        """Something on the engine changed: worth a confirming pass right away."""
+        return any(s.ok and s.action in _MUTATIONS for s in self.steps)
+
+
+_MUTATIONS = frozenset({"stop", "remove", "create-sandbox", "start"})
+
 
 class InstanceSyncer:
     """Executes :class:`InstanceActions` against the runtime; holds no per-pass state."""
@@ -243,7 +251,9 @@ class InstanceSyncer:
             assert info is not None
             return info.user
         if decision.step is not ImageStep.PULL:
-            result.record(5, "image", container.name, False, decision.message)
+            # Waiting out a back-off is the plan, not a failure; refusing to pull is one.
+            refused = decision.step is ImageStep.REFUSE
+            result.record(5, "image", container.name, not refused, decision.message)
             result.waiting[container.name] = Waiting(
                 name=container.name, reason=decision.reason, message=decision.message
             )
