@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels, ContainerRole
@@ -74,7 +74,7 @@ class ObservedInstance:
 
     uid: UID
     sandboxes: tuple[ContainerRecord, ...] = ()
-    containers: tuple[ContainerRecord, ...] = field(default=())
+    containers: tuple[ContainerRecord, ...] = ()
 
     @property
     def all(self) -> tuple[ContainerRecord, ...]:
