@@ -107,7 +107,9 @@ def probe_check(
 
         async def run_exec() -> ProbeOutcome:
             result = await runtime.exec_in_container(container_id, command, timeout_seconds=timeout)
-            return ProbeOutcome(ok=result.exit_code == 0, message=result.output[-_MAX_OUTPUT:])
+            return ProbeOutcome(
+                ok=result.exit_code == 0, message=result.output[-_MAX_OUTPUT:].strip()
+            )
 
         return run_exec
     if probe.http_get is not None:
