@@ -114,5 +114,7 @@ class InstanceFeed:
         for uid in [u for u in self._known if u not in alive]:
             del self._known[uid]
         await self._track_references()
+        for instance in fresh:
+            self._request_finalizer(instance)
         self._engine.set_desired(fresh)
         self.synced = True

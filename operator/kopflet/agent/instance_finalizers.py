@@ -103,23 +103,30 @@ class FinalizerWriter:
 
     async def run(self, *, max_rounds: int | None = None) -> None:
         rounds = 0
-        while max_rounds is None or rounds < max_rounds:
-            rounds += 1
+        while True:
             self._wake.clear()
-            retry = False
-            for uid, request in list(self._pending.items()):
-                if await self._write(request):
-                    # A newer request may have arrived while this one was written.
-                    if self._pending.get(uid) is request:
-                        del self._pending[uid]
-                else:
-                    retry = True
+            retry = not await self.write_pending()
+            rounds += 1
+            if max_rounds is not None and rounds >= max_rounds:
+                return
             if self._wake.is_set():
                 continue
             if retry:
                 await self._sleep(self._retry_seconds)
             else:
                 await self._wake.wait()
+
+    async def write_pending(self) -> bool:
+        """One pass over the requests; False if some must be retried later."""
+        done = True
+        for uid, request in list(self._pending.items()):
+            if await self._write(request):
+                # A newer request may have arrived while this one was written.
+                if self._pending.get(uid) is request:
+                    del self._pending[uid]
+            else:
+                done = False
+        return done
 
     async def _write(self, request: FinalizerRequest) -> bool:
         """True when done (written, not needed, or the Instance is gone)."""
