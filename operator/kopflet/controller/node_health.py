@@ -83,6 +83,8 @@ def plan_node_health(
         live = [i for i in instances if not is_terminating(i)]
         if now >= evict_at:
             evict = live
+            if any(has_agent_finalizer(i) for i in live):
+                waits.append(eviction_timeout)  # their finalizers come due then
         elif live:
             waits.append((evict_at - now).total_seconds())
         for instance in instances:

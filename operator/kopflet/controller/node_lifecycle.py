@@ -85,8 +85,11 @@ class NodeLifecycle:
             await self._mark_unknown(node, plan.mark_unknown)
         for instance in plan.evict:
             await self._evict(instance, node, plan.not_ready_reason or "NotReady")
+        retry = False
         for instance in plan.force_finalize:
-            await self._release_finalizers(instance, why=f"node {name} is not ready")
+            retry |= not await self._release_finalizers(instance, why=f"node {name} is not ready")
+        if retry:  # the Instance changed under us: look again once the cache has caught up
+            return 1.0
         return plan.requeue_after
 
     async def _mark_unknown(self, node: NodeAgent, message: str) -> None:
@@ -139,12 +142,13 @@ class NodeLifecycle:
             ref_of(instance), type="Warning", reason="Evicted", action="NodeLifecycle", note=note
         )
 
-    async def _release_finalizers(self, instance: Instance, *, why: str) -> None:
+    async def _release_finalizers(self, instance: Instance, *, why: str) -> bool:
+        """True once the agent's finalizers are off (or were never there)."""
         key = key_of(instance)
         finalizers = instance.metadata.finalizers or ()
         keep = [f for f in finalizers if not f.startswith(AGENT_FINALIZER_PREFIX)]
         if len(keep) == len(finalizers):
-            return
+            return True
         try:
             await self._api.merge_patch(
                 custom_path(INSTANCE_PLURAL, namespace=key.namespace, name=key.name),
@@ -155,9 +159,12 @@ class NodeLifecycle:
                     }
                 },
             )
-        except (Conflict, NotFound):
-            return
+        except NotFound:
+            return True
+        except Conflict:
+            return False
         logger.info("released the finalizers of evicted {}: {}", key, why)
+        return True
 
     async def collect_orphans(self) -> int:
         """Delete Instances bound to nodes that do not exist, once they have been orphans for

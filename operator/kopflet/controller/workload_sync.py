@@ -28,7 +28,14 @@ from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder, ref_of
 from kopflet.controller.expectations import Expectations
 from kopflet.controller.instance_state import ObjectKey, is_terminating
-from kopflet.controller.kube_api import AlreadyExists, ClusterApi, Conflict, NotFound, custom_path
+from kopflet.controller.kube_api import (
+    AlreadyExists,
+    ApiError,
+    ClusterApi,
+    Conflict,
+    NotFound,
+    custom_path,
+)
 from kopflet.controller.rollout import plan_rollout, revision_of
 from kopflet.controller.template_hash import (
     TemplateHash,
@@ -68,6 +75,12 @@ def build_instance(workload: Workload, revision: TemplateHash, name: str) -> dic
     if meta and meta.annotations:
         metadata["annotations"] = dict(meta.annotations)
     return {"apiVersion": API_VERSION, "kind": INSTANCE_KIND, "metadata": metadata, "spec": spec}
+
+
+def _namespace_terminating(error: Exception | None) -> bool:
+    return (
+        isinstance(error, ApiError) and error.status == 403 and "being terminated" in error.message
+    )
 
 
 class WorkloadSync:
@@ -168,6 +181,8 @@ class WorkloadSync:
                 action="Scale",
                 note=f"Scaled up revision {revision} from {before} to {before + created}",
             )
+        if _namespace_terminating(failure):
+            return  # the Workload goes with its namespace: nothing to retry
         if failure is not None:
             self._events.record(
                 ref_of(workload),
