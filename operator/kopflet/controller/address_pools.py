@@ -110,14 +110,15 @@ class PortPool:
         return str(self.first + index)
 
 
-def free_values(pool: Pool, used: Container[str], *, start: int = 0) -> Iterator[str]:
-    """Free values in pool order, beginning at ``start`` and wrapping around once.
+def free_values(pool: Pool, used: Container[str], *, start: int = 0) -> Iterator[tuple[int, str]]:
+    """Free values (with their index) in pool order, from ``start``, wrapping around once.
 
     Starting after the last value handed out (not at the lowest free one) keeps a just-released
     address from going straight to a new holder while proxies may still hold its old rules.
     """
     size = pool.size
     for step in range(size):
-        value = pool.value_at((start + step) % size)
+        index = (start + step) % size
+        value = pool.value_at(index)
         if value not in used:
-            yield value
+            yield index, value

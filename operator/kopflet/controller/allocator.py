@@ -9,17 +9,18 @@ agents and proxies read.
 
 On start the records are listed again, so allocations survive restarts. A repair pass deletes
 records whose holder is gone or no longer uses the value — only after re-reading the holder
-from the API server and only for records older than a minute, because the write into the
-holder's spec follows the record's creation and must not be raced.
+from the API server and only for records this process has known for a minute, because the
+write into the holder's spec follows the record's creation and must not be raced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loguru import logger
@@ -41,6 +42,8 @@ _HOLDER_NAME = "kopflet.dev/holder-name"
 _HOLDER_UID = "kopflet.dev/holder-uid"
 _VALUE = "kopflet.dev/value"
 
+#: Refused candidates in a row before an allocation gives up for now (and is retried).
+_MAX_REFUSALS = 64
 #: A record younger than this is never repaired away: its holder's spec write may be in flight.
 REPAIR_MIN_AGE_SECONDS = 60.0
 
@@ -103,16 +106,23 @@ class Allocator:
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
+        async with self._lock:
+            await self._reload()
+        logger.info("allocations loaded: {} records", len(self._records))
+
+    async def _reload(self) -> None:
         objects = await self._api.list(lease_path(self._namespace), label_selector=KIND_LABEL)
-        old = time.monotonic() - REPAIR_MIN_AGE_SECONDS
+        # A record first seen now counts as new: after a restart nothing is repaired away
+        # before every holder has had time to write its values.
+        now = time.monotonic()
+        known = {r.uid: r.created_at for r in self._records.values()}
         records = {}
         for obj in objects:
-            record = _record_of(obj, created_at=old)
+            record = _record_of(obj, created_at=now)
             if record is not None:
+                record = replace(record, created_at=known.get(record.uid, now))
                 records[allocation_name(record.kind, record.value)] = record
-        async with self._lock:
-            self._records = records
-        logger.info("allocations loaded: {} records", len(records))
+        self._records = records
 
     def holder_of(self, kind: AllocationKind, value: str) -> Holder | None:
         record = self._records.get(allocation_name(kind, value))
@@ -181,15 +191,23 @@ class Allocator:
             for value in self.held_by(holder, kind):
                 if value in pool and value not in taken:
                     return value
-            used = self.used(kind)
             start = self._cursor.get(kind, 0)
-            for attempt, value in enumerate(free_values(pool, used, start=start)):
-                if attempt > 64:
-                    break  # a wave of refusals means a stale view: let the caller retry later
+            for refusals in range(_MAX_REFUSALS):
+                candidates = free_values(pool, self.used(kind), start=start)
+                index, value = next(candidates, (-1, ""))
+                if index < 0:
+                    return None  # every value of the pool is recorded
                 if await self._claim(kind, value, holder, owner=owner) is None:
-                    self._cursor[kind] = (start + attempt + 1) % max(1, pool.size)
+                    self._cursor[kind] = (index + 1) % pool.size
                     return value
-            return None
+                # Someone else recorded it: our view is stale (another replica during a
+                # hand-over, or records made before our last list). Read them all again once,
+                # and go on from a random place: two allocators walking the pool in step
+                # would collide on every value.
+                if refusals == 0:
+                    await self._reload()
+                start = random.randrange(pool.size)
+            raise AllocationRace(f"{kind}: {_MAX_REFUSALS} values refused in a row")
 
     async def release(self, kind: AllocationKind, value: str, holder: Holder) -> None:
         name = allocation_name(kind, value)
@@ -204,13 +222,15 @@ class Allocator:
                 if record.holder == holder:
                     await self._delete(name, record)
 
-    async def repair(self, still_used: StillUsed) -> int:
+    async def repair(
+        self, still_used: StillUsed, *, min_age: float = REPAIR_MIN_AGE_SECONDS
+    ) -> int:
         """Delete records no holder uses; returns how many were deleted."""
         await self.load()
         now = time.monotonic()
         removed = 0
         for name, record in list(self._records.items()):
-            if now - record.created_at < REPAIR_MIN_AGE_SECONDS:
+            if now - record.created_at < min_age:
                 continue
             if await still_used(record.holder, record.kind, record.value):
                 continue
