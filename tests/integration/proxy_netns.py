@@ -245,6 +245,11 @@ class Topology:
             self.in_ns(node, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
         for short, (node, address) in {**ENDPOINTS, "c1": ("n1", CLIENT_ADDRESS)}.items():
             self._veth(node, f"v-{short}", short, "eth0", bridge="kbr0")
+            # An endpoint reaching itself through a virtual IP gets its packet back on
+            # the port it came from: the bridge must allow that (kubelet's hairpin-veth,
+            # Docker's --userland-proxy=false).
+            self.in_ns(node, "ip", "link", "set", f"v-{short}", "type", "bridge_slave",
+                       "hairpin", "on")  # fmt: skip
             gateway = NODE_SUBNETS[node].replace(".0/24", ".1")
             self.in_ns(short, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
             self.in_ns(short, "ip", "route", "add", "default", "via", gateway)

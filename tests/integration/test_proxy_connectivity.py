@@ -126,3 +126,18 @@ def test_udp_virtual_ip_reaches_endpoints_and_a_removed_one_stops_answering(
         # Without the flush the old conntrack entry would keep DNATing to `stuck`.
         assert time.monotonic() < deadline, f"datagrams still go to {stuck}"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_virtual_ip_works_from_the_node_itself_and_an_endpoint_reaches_itself(
+    net: Topology, mode: str
+) -> None:
+    start(net, mode, [proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"])])
+    counts = collections.Counter(net.connect("n1", VIP, 80, count=60))
+    assert set(counts) == {"e1", "e2", "e3"}, counts
+    for driver in net.drivers:
+        driver.send({"service": proxy_service("web", cluster_ip=VIP, endpoints=["e1"])})
+    for driver in net.drivers:
+        driver.wait_synced(2)
+    # Hairpin: e1 -> virtual IP -> e1 works only if the node masquerades it.
+    assert net.connect("e1", VIP, 80, count=5) == ["e1"] * 5
