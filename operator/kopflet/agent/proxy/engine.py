@@ -62,7 +62,9 @@ class ProxyEngine:
 
     ``runner`` says which network namespace the commands run in (the current one by
     default); ``backend`` replaces the netfilter backend (tests); ``host_routes`` and
-    ``conntrack`` switch those duties off where another component owns them.
+    ``conntrack`` switch those duties off where another component owns them;
+    ``remove_other_modes`` (default: unless ``backend`` is given) removes what a run in
+    another mode left on the node, once this mode's first sync is in place.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class ProxyEngine:
         metrics: ProxyMetrics | None = None,
         host_routes: bool = True,
         conntrack: bool = True,
+        remove_other_modes: bool | None = None,
     ) -> None:
         self.mode: ProxyMode = mode
         self._runner = runner or CommandRunner()
@@ -96,7 +99,11 @@ class ProxyEngine:
             # sessions to removed endpoints.
             conntrack=flush if conntrack and mode != "userspace" else None,
             # Only once ours are in place: a mode switch must not leave a gap either.
-            after_first_sync=lambda: cleanup_other_modes(mode, runner_),
+            after_first_sync=(
+                (lambda: cleanup_other_modes(mode, runner_))
+                if (backend is None if remove_other_modes is None else remove_other_modes)
+                else None
+            ),
         )
 
     def on_service(self, old: Obj | None, new: Obj | None) -> None:
