@@ -130,6 +130,18 @@ def test_a_malformed_update_keeps_the_last_good_version_running() -> None:
     assert engine.log == [("set_desired", ["a"]), ("put", "a"), ("set_desired", ["a"])]
 
 
+def test_a_deleted_instance_keeps_its_spec_grace_period_not_the_api_servers_zero() -> None:
+    feed, _, _, _, _ = make_feed()
+    deleting = instance("a", terminationGracePeriodSeconds=20)
+    deleting["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    deleting["metadata"]["deletionGracePeriodSeconds"] = 0  # what it sets on custom resources
+    asyncio.run(feed.on_synced([deleting]))
+    [handed] = feed.instances
+    assert handed.metadata.deletion_grace_period_seconds is None
+    assert handed.metadata.deletion_timestamp == "2025-01-01T00:00:00Z"
+    assert handed.spec.termination_grace_period_seconds == 20
+
+
 def test_referenced_kinds_are_watched_per_namespace_before_the_engine_sees_them() -> None:
     feed, _, tracker, _, _ = make_feed()
     uses_both = instance(

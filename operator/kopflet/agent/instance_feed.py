@@ -12,6 +12,7 @@ for it, so that its deletion waits for this node to have cleaned up.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -72,9 +73,16 @@ class InstanceFeed:
             # Static stability: the engine keeps running the last version that made sense.
             logger.error("Instance {} ignored, keeping its last good version: {}", uid, exc)
             return self._known.get(uid)
-        if instance.metadata.uid is None:
+        known_uid = instance.metadata.uid
+        if known_uid is None:
             return None
-        self._known[instance.metadata.uid] = instance
+        if instance.metadata.deletion_grace_period_seconds is not None:
+            # The API server sets 0 on every custom resource it deletes (graceful deletion is
+            # for Pods only), which would kill the containers at once: the grace period of an
+            # Instance is its spec's terminationGracePeriodSeconds.
+            meta = dataclasses.replace(instance.metadata, deletion_grace_period_seconds=None)
+            instance = dataclasses.replace(instance, metadata=meta)
+        self._known[known_uid] = instance
         return instance
 
     async def _track_references(self) -> None:
