@@ -1,5 +1,6 @@
-"""What a fresh control plane gets before any component connects: the CRDs, the namespaces and
-RBAC from ``manifests/``, and ServiceAccount credentials for the controller and the agents."""
+"""What a fresh control plane gets before any component connects: the CRDs, the namespaces,
+RBAC and admission policies from ``manifests/``, and ServiceAccount credentials for the
+controller and the agents (each agent's bound to its node, see ``node_identity``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from kopflet.api.constants import SYSTEM_NAMESPACE
 from kopflet.local.binaries import Binaries
 from kopflet.local.config import ClusterConfig
 from kopflet.local.kubeconfigs import write_kubeconfig
+from kopflet.local.node_identity import AGENT_SERVICE_ACCOUNT, agent_token_for_node
 from kopflet.local.paths import project_dir
 from kopflet.local.pki import Pki
 
 CONTROLLER_SERVICE_ACCOUNT = "kopflet-controller"
-AGENT_SERVICE_ACCOUNT = "kopflet-agent"
 #: A day: the supervisor writes fresh tokens whenever it starts the cluster.
 TOKEN_SECONDS = 24 * 3600
 
@@ -64,6 +65,10 @@ def apply_api_and_rbac(binaries: Binaries, config: ClusterConfig) -> None:
     # processes (there are no core Nodes for the Deployment and DaemonSet to land on), with
     # exactly the credentials those manifests grant.
     kubectl(binaries, config, "apply", "--server-side", "-k", str(root / "manifests" / "rbac"))
+    # The node restriction of the agents' credentials (a ValidatingAdmissionPolicy).
+    policies = root / "manifests" / "policies"
+    if (policies / "kustomization.yaml").exists():
+        kubectl(binaries, config, "apply", "--server-side", "-k", str(policies))
 
 
 def crd_files(directory: Path) -> list[tuple[Path, str]]:
@@ -108,6 +113,34 @@ def write_component_kubeconfigs(config: ClusterConfig, pki: Pki) -> dict[str, Pa
                 cluster_name=config.name,
                 user=f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}",
                 token=service_account_token(api, account),
+                namespace=SYSTEM_NAMESPACE,
+            )
+    finally:
+        api.close()
+    return paths
+
+
+def agent_kubeconfig_path(config: ClusterConfig, node_name: str) -> Path:
+    return config.state_dir / f"{AGENT_SERVICE_ACCOUNT}-{node_name}.kubeconfig"
+
+
+def write_agent_kubeconfigs(
+    config: ClusterConfig, pki: Pki, node_names: list[str]
+) -> dict[str, Path]:
+    """One kubeconfig per node, its token bound to that node: what the agent Pod of the
+    DaemonSet on that node would get. The node-restriction policy refuses writes by agent
+    credentials without a node (such as the unbound token of ``write_component_kubeconfigs``)."""
+    api = admin_api_client(config)
+    paths: dict[str, Path] = {}
+    try:
+        for node_name in node_names:
+            paths[node_name] = write_kubeconfig(
+                agent_kubeconfig_path(config, node_name),
+                server=config.apiserver_url,
+                ca_file=pki.ca_cert,
+                cluster_name=config.name,
+                user=f"system:serviceaccount:{SYSTEM_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}",
+                token=agent_token_for_node(api, node_name, seconds=TOKEN_SECONDS),
                 namespace=SYSTEM_NAMESPACE,
             )
     finally:

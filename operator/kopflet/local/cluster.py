@@ -125,6 +125,9 @@ def _start_cluster(config: ClusterConfig, supervisor: Supervisor, *, should_stop
 
     supervisor.set_phase("Starting", "controller and agents")
     kubeconfigs = bootstrap.write_component_kubeconfigs(config, pki)
+    agent_kubeconfigs = bootstrap.write_agent_kubeconfigs(
+        config, pki, [node.name for node in node_configs]
+    )
     if _component_available("kopflet.controller.main"):
         supervisor.start(
             _python_component(
@@ -157,7 +160,9 @@ def _start_cluster(config: ClusterConfig, supervisor: Supervisor, *, should_stop
                         "--docker-host",
                         node.docker_host,
                         "--kubeconfig",
-                        str(kubeconfigs[bootstrap.AGENT_SERVICE_ACCOUNT]),
+                        # Bound to this node: the node restriction lets it change only
+                        # this node's objects.
+                        str(agent_kubeconfigs[node.name]),
                         # Nodes share the host's filesystem: each agent keeps its volumes apart.
                         "--state-dir",
                         str(node.data_dir / "agent"),
