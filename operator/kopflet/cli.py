@@ -101,6 +101,21 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     return cluster.run_supervisor(_cluster_config(args))  # type: ignore[arg-type]
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    from kopflet.local import cluster
+
+    config = _cluster_config(args)
+    try:
+        if args.command == "hold":
+            cluster.hold(config, args.component, args.node)  # type: ignore[arg-type]
+        else:
+            cluster.release(config, args.component, args.node)  # type: ignore[arg-type]
+    except cluster.UpFailed as error:
+        print(f"kopflet {args.command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_build_binaries(args: argparse.Namespace) -> int:
     from kopflet.local.binaries import BinariesError, ensure_binaries
 
@@ -158,6 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_cluster_args(p)
     p.add_argument("--nodes", type=int, default=3)
     p.set_defaults(func=cmd_supervise)
+
+    for command, help_text in (
+        ("hold", "stop a component of the local cluster and keep it stopped"),
+        ("release", "start a held component again"),
+    ):
+        p = sub.add_parser(command, help=help_text)
+        _add_cluster_args(p)
+        p.add_argument("component", help="as `kopflet status` names it: kube-apiserver, dockerd")
+        p.add_argument("--node", help="the node of a node component (dockerd, agent)")
+        p.set_defaults(func=cmd_hold)
 
     p = sub.add_parser("build-binaries", help="find or build etcd and the Kubernetes binaries")
     p.set_defaults(func=cmd_build_binaries)

@@ -23,7 +23,7 @@ from kopflet.local import bootstrap, controlplane, images, nodes
 from kopflet.local.binaries import ensure_binaries
 from kopflet.local.components import Component
 from kopflet.local.config import ClusterConfig, NodeConfig
-from kopflet.local.supervisor import ClusterStatus, Supervisor, read_status
+from kopflet.local.supervisor import ClusterStatus, Supervisor, hold_name, read_status
 
 UP_TIMEOUT = 600.0
 
@@ -48,6 +48,39 @@ def status(config: ClusterConfig) -> ClusterStatus | None:
     if supervisor_pid(config) is None:
         return None
     return read_status(config.status_file)
+
+
+def _hold_file(config: ClusterConfig, name: str, node: str | None) -> Path:
+    return config.run_dir / "hold" / hold_name(name, node)
+
+
+def _wait_component(
+    config: ClusterConfig, name: str, node: str | None, *, state: str, timeout: float
+) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = status(config)
+        for component in current.components if current else []:
+            if component.name == name and component.node == node and component.state == state:
+                return component.pid
+        time.sleep(0.2)
+    raise UpFailed(f"{hold_name(name, node)} did not become {state} within {timeout:.0f}s")
+
+
+def hold(config: ClusterConfig, name: str, node: str | None = None, *, timeout: float = 60) -> None:
+    """Stop a component and keep it stopped (the supervisor would restart a killed one)."""
+    path = _hold_file(config, name, node)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    _wait_component(config, name, node, state="held", timeout=timeout)
+
+
+def release(
+    config: ClusterConfig, name: str, node: str | None = None, *, timeout: float = 30
+) -> int | None:
+    """Start a held component again; its new pid."""
+    _hold_file(config, name, node).unlink(missing_ok=True)
+    return _wait_component(config, name, node, state="running", timeout=timeout)
 
 
 def _component_available(module: str) -> bool:
@@ -76,7 +109,9 @@ def run_supervisor(config: ClusterConfig) -> int:
     config.run_dir.mkdir(parents=True, exist_ok=True)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     config.supervisor_pidfile.write_text(str(os.getpid()))
-    supervisor = Supervisor(status_file=config.status_file, cluster_name=config.name)
+    supervisor = Supervisor(
+        status_file=config.status_file, cluster_name=config.name, hold_dir=config.run_dir / "hold"
+    )
     stop = {"requested": False}
 
     def _on_signal(signum: int, _frame: object) -> None:

@@ -1,6 +1,12 @@
 """Runs the components of a local cluster and restarts those that exit, with back-off, as the
 kubelet restarts a crashing pod. Its view of the world goes to a status file that
-``kopflet status`` reads; nothing else is remembered (``kopflet down`` finds everything by name)."""
+``kopflet status`` reads; nothing else is remembered (``kopflet down`` finds everything by name).
+
+A component can be *held*: while a file named after it exists in the hold directory
+(``kopflet hold``), the supervisor stops it and does not restart it; once the file is gone
+(``kopflet release``) it starts it at once. Fault tests stop a node's engine or the API server
+this way for a set time, which killing alone cannot do under a supervisor that restarts.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ BACKOFF_RESET_AFTER = 60.0
 class ComponentState:
     name: str
     node: str | None
-    state: str = "waiting"  # waiting | running | backoff | not built | stopped
+    state: str = "waiting"  # waiting | running | backoff | held | not built | stopped
     pid: int | None = None
     restarts: int = 0
     started_at: float | None = None
@@ -59,9 +65,17 @@ class StartFailed(RuntimeError):
     pass
 
 
+def hold_name(name: str, node: str | None) -> str:
+    """The hold file of a component: ``kube-apiserver``, ``dockerd@node-2``."""
+    return f"{name}@{node}" if node else name
+
+
 class Supervisor:
-    def __init__(self, *, status_file: Path, cluster_name: str) -> None:
+    def __init__(
+        self, *, status_file: Path, cluster_name: str, hold_dir: Path | None = None
+    ) -> None:
         self._status_file = status_file
+        self._hold_dir = hold_dir
         self._running: list[_Running] = []
         self._stopping = False
         self.status = ClusterStatus(name=cluster_name)
@@ -148,13 +162,38 @@ class Supervisor:
                 time.sleep(0.3)
 
     # -- supervision ---------------------------------------------------------------------------
+    def _held(self, running: _Running) -> bool:
+        if self._hold_dir is None:
+            return False
+        return (self._hold_dir / hold_name(running.component.name, running.component.node)).exists()
+
+    def _hold(self, running: _Running) -> None:
+        process = running.process
+        if process is not None and process.poll() is None:
+            self._stop(running)
+        running.status.state = "held"
+        running.status.pid = None
+        running.status.message = "held: stopped until released"
+        logger.warning("{} held", _label(running.component))
+
     def supervise(self, *, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             changed = False
             now = time.monotonic()
             for running in self._running:
                 process = running.process
-                if running.status.state == "running" and process is not None:
+                held = self._held(running)
+                if held and running.status.state in {"running", "backoff"}:
+                    self._hold(running)
+                    changed = True
+                elif running.status.state == "held":
+                    if not held:
+                        running.status.restarts += 1
+                        running.status.message = ""
+                        running.backoff = BACKOFF_BASE
+                        self._spawn(running)
+                        changed = True
+                elif running.status.state == "running" and process is not None:
                     code = process.poll()
                     if code is None:
                         continue
@@ -189,15 +228,20 @@ class Supervisor:
                     "stopped" if running.status.state != "not built" else "not built"
                 )
                 continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=running.component.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            self._stop(running)
             running.status.state = "stopped"
             running.status.pid = None
         self.write_status()
+
+    def _stop(self, running: _Running) -> None:
+        process = running.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=running.component.stop_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def _label(component: Component) -> str:
