@@ -225,3 +225,18 @@ def test_a_refused_bind_frees_its_capacity_for_the_next_pass() -> None:
 
     api = asyncio.run(scenario())
     assert api.seen == ["i-1"]  # i-0's bind was refused, then i-1 got the room
+
+
+def test_node_usage_counts_each_instance_once_however_often_it_is_seen() -> None:
+    from kopflet.api import Instance
+    from kopflet.controller.instance_state import requests_of
+    from kopflet.controller.node_usage import NodeUsage
+
+    usage = NodeUsage(requests_of)
+    bound = Instance.from_dict({**unbound(1), "spec": {**unbound(1)["spec"], "nodeName": "n1"}})
+    usage.observe("u-1", bound)
+    usage.observe("u-1", bound)  # the same state again, from a rebuild or a repeated event
+    usage.rebuild([bound])
+    assert usage.used("n1") == Requests(cpu_millis=0, memory_bytes=16 * MI, instances=1)
+    usage.observe("u-1", None)  # deleted
+    assert usage.used("n1") == Requests(0, 0, 0) and "u-1" not in usage

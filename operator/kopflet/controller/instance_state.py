@@ -55,6 +55,13 @@ class Requests:
             instances=self.instances + other.instances,
         )
 
+    def __sub__(self, other: Requests) -> Requests:
+        return Requests(
+            cpu_millis=self.cpu_millis - other.cpu_millis,
+            memory_bytes=self.memory_bytes - other.memory_bytes,
+            instances=self.instances - other.instances,
+        )
+
 
 NO_REQUESTS = Requests(cpu_millis=0, memory_bytes=0, instances=0)
 

@@ -38,6 +38,10 @@ class NoProgressStorage(kopf.ProgressStorage):  # type: ignore[misc]
 class NoDiffBaseStorage(kopf.DiffBaseStorage):  # type: ignore[misc]
     """No last-handled configuration: reconcilers diff desired against observed state."""
 
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        # kopf would deep-copy every object on every event to detect changes nobody handles.
+        return {}
+
     def fetch(self, *, body: Any) -> None:
         return None
 

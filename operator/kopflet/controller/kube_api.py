@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from kopflet.api.constants import GROUP, VERSION
 JsonObject = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+TOKEN_REFRESH_SECONDS = 60.0
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -157,6 +159,10 @@ class KubeApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._on_request = on_request  # (verb, status) -> None, for metrics
+        # The client's loader re-reads the kubeconfig on every token lookup (its refresh hook):
+        # milliseconds per request. A projected ServiceAccount token lives for an hour or more.
+        self._token: str | None = None
+        self._token_read_at = -TOKEN_REFRESH_SECONDS
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -181,7 +187,10 @@ class KubeApi:
         if self._session is None:
             raise RuntimeError("KubeApi.start() was not called")
         headers = {"Accept": "application/json"}
-        token = bearer_token(self._configuration)
+        now = time.monotonic()
+        if now - self._token_read_at >= TOKEN_REFRESH_SECONDS:
+            self._token, self._token_read_at = bearer_token(self._configuration), now
+        token = self._token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = None

@@ -38,6 +38,7 @@ K = TypeVar("K", bound=Hashable)
 Body = Mapping[str, Any]
 
 RESYNC_SECONDS = 300.0
+WORKERS = 8
 REPAIR_SECONDS = 60.0
 ORPHANS_SECONDS = 30.0
 GAUGES_SECONDS = 15.0
@@ -133,7 +134,8 @@ class ControllerRuntime:
             len(self.cache().nodes()),
         )
         spawn = self._spawn
-        for n in range(4):
+        # Reconciles mostly wait on the API server: more workers overlap those waits.
+        for n in range(WORKERS):
             spawn(f"workload-{n}", self._work(self.workload_queue, self.workloads.reconcile))
             spawn(f"service-{n}", self._work(self.service_queue, self.services.reconcile))
         for n in range(2):
@@ -297,12 +299,13 @@ class ControllerRuntime:
             if ref.get("controller") and ref.get("kind") == "Workload":
                 owner = ObjectKey(str(meta.get("namespace") or ""), str(ref.get("name")))
                 self.workload_queue.add(owner)
-        self.scheduler.wake()
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-        labels = meta.get("labels") or {}
         cache = self._cache
         if cache is None:
             return
+        self.scheduler.observe(str(meta.get("uid")), ObjectKey(namespace, name))
+        self.scheduler.wake()
+        labels = meta.get("labels") or {}
         for service in cache.services_in(namespace):
             listed = (
                 any(e.instance == name for e in (service.status.endpoints or ()))

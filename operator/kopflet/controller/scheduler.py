@@ -25,17 +25,16 @@ from kopflet.api.constants import CONDITION_INSTANCE_SCHEDULED, INSTANCE_PLURAL,
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder, ref_of
 from kopflet.controller.instance_state import (
-    NO_REQUESTS,
     NodeName,
     ObjectKey,
     Requests,
     controller_uid,
     creation_order_key,
-    is_finished,
     key_of,
     requests_of,
 )
 from kopflet.controller.kube_api import ApiError, ClusterApi, Conflict, NotFound, custom_path
+from kopflet.controller.node_usage import NodeUsage
 from kopflet.controller.scheduling import NodeSnapshot, choose_node, snapshot_of
 
 REASON_UNSCHEDULABLE = "Unschedulable"
@@ -44,10 +43,13 @@ RETRY_SECONDS = 10.0
 #: A bind not seen through the watch after this long is forgotten (its capacity freed).
 ASSUME_TTL_SECONDS = 30.0
 _BIND_CONCURRENCY = 16
+#: The per-node usage is kept up to date from events and rebuilt from the cache this often.
+USAGE_REBUILD_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class _Assumed:
+    uid: str
     node: NodeName
     requests: Requests
     owner: str | None
@@ -70,6 +72,8 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._assumed: dict[ObjectKey, _Assumed] = {}
         self._requests: dict[str, Requests] = {}  # by Instance UID: specs are immutable
+        self._usage = NodeUsage(self._requests_of)
+        self._usage_built_at = -USAGE_REBUILD_SECONDS
         self._binds: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(_BIND_CONCURRENCY)
 
@@ -99,32 +103,37 @@ class Scheduler:
             found = self._requests[uid] = requests_of(instance)
         return found
 
+    def observe(self, uid: str, key: ObjectKey) -> None:
+        """An Instance event was indexed: account for the Instance as the cache has it now."""
+        instance = self._cache().instance(key)
+        if instance is not None and str(instance.metadata.uid) != uid:
+            instance = None  # a new object of the same name: the old one is gone
+        self._usage.observe(uid, instance)
+        if instance is None:
+            self._requests.pop(uid, None)
+
     def _snapshot(self, cache: ClusterCache) -> dict[NodeName, NodeSnapshot]:
         now = time.monotonic()
-        seen: set[str] = set()
+        if now - self._usage_built_at > USAGE_REBUILD_SECONDS:
+            self._usage.rebuild(cache.all_instances())
+            self._usage_built_at = now
+            live = {str(i.metadata.uid) for i in cache.all_instances()}
+            self._requests = {u: r for u, r in self._requests.items() if u in live}
         nodes: dict[NodeName, NodeSnapshot] = {}
         for node in cache.nodes():
             name = NodeName(node.metadata.name or "")
-            used = NO_REQUESTS
-            owners: Counter[str] = Counter()
-            for instance in cache.instances_on(name):
-                seen.add(str(instance.metadata.uid))
-                if is_finished(instance):
-                    continue
-                used = used + self._requests_of(instance)
-                owner = controller_uid(instance)
-                if owner:
-                    owners[owner] += 1
-            nodes[name] = snapshot_of(node, used=used, per_owner=owners)
+            nodes[name] = snapshot_of(
+                node, used=self._usage.used(name), per_owner=self._usage.owners(name)
+            )
         for key, assumed in list(self._assumed.items()):
             current = cache.instance(key)
-            if assumed.expires < now or current is None or current.spec.node_name:
-                del self._assumed[key]  # seen bound (or gone): the cache counts it now
+            if assumed.expires < now or current is None or str(current.metadata.uid) != assumed.uid:
+                del self._assumed[key]
+                continue
+            if current.spec.node_name and assumed.uid in self._usage:
+                del self._assumed[key]  # bound, and the usage counts it now
                 continue
             self._reserve(nodes, assumed)
-        if len(self._requests) > 2 * len(seen) + 1000:
-            unbound = {str(i.metadata.uid) for i in cache.unbound_instances()}
-            self._requests = {u: r for u, r in self._requests.items() if u in seen | unbound}
         return nodes
 
     @staticmethod
@@ -170,6 +179,7 @@ class Scheduler:
                 await self._unschedulable(instance, decision.message)
                 continue
             assumed = _Assumed(
+                uid=str(instance.metadata.uid),
                 node=decision.node,
                 requests=wanted,
                 owner=owner,
@@ -214,6 +224,9 @@ class Scheduler:
                 action="Binding",
                 note=f"Successfully assigned {key} to {node}",
             )
+            conditions = instance.status.conditions if instance.status else None
+            if find_condition(conditions, CONDITION_INSTANCE_SCHEDULED) is None:
+                return  # nothing stale to correct: the agent reports the condition from here on
             await self._set_scheduled(
                 instance,
                 resource_version=str((bound.get("metadata") or {}).get("resourceVersion", "")),
