@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 #: A network tool that hangs (a stuck xtables lock, say) must not stall the sync loop forever.
 DEFAULT_TIMEOUT = 60.0
+#: Applying or reading a whole ruleset: iptables-nft and nft 1.0 grow worse than linearly
+#: with the number of chains (tens of seconds for 1,000 service-ports x 10 endpoints).
+RULESET_TIMEOUT = 900.0
 
 
 class CommandError(RuntimeError):
@@ -37,20 +40,26 @@ class CommandRunner:
         return ["nsenter", f"--net=/run/netns/{self.netns}", *args]
 
     def run(
-        self, args: Sequence[str], *, stdin: str | None = None, check: bool = True
+        self,
+        args: Sequence[str],
+        *,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         argv = self.argv(args)
+        timeout = self.timeout if timeout is None else timeout
         try:
             done = subprocess.run(
                 argv,
                 input=stdin,
                 capture_output=True,
                 text=True,
-                timeout=self.timeout,
+                timeout=timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise CommandError(argv, -1, f"timed out after {self.timeout}s") from exc
+            raise CommandError(argv, -1, f"timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
             raise CommandError(argv, 127, str(exc)) from exc
         if check and done.returncode != 0:

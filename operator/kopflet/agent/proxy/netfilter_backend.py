@@ -11,7 +11,7 @@ import re
 from typing import Literal, Protocol
 
 from kopflet.agent.proxy import chain_names as names
-from kopflet.agent.proxy.commands import CommandError, CommandRunner
+from kopflet.agent.proxy.commands import RULESET_TIMEOUT, CommandError, CommandRunner
 
 IptablesVariant = Literal["nft", "legacy"]
 IPTABLES_VARIANTS: tuple[IptablesVariant, ...] = ("nft", "legacy")
@@ -58,7 +58,7 @@ class IptablesBackend:
         # --wait: legacy iptables serialises writers with a lock Docker also takes.
         args = [self._tool("-restore"), "--noflush", "--wait", "5"]
         try:
-            self._runner.run(args, stdin=ruleset)
+            self._runner.run(args, stdin=ruleset, timeout=RULESET_TIMEOUT)
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
 
@@ -68,7 +68,8 @@ class IptablesBackend:
                 # Naming a legacy table loads it into the namespace: reading must not
                 # create what wasn't there.
                 return ""
-            return self._runner.run([self._tool("-save"), "-t", table]).stdout
+            args = [self._tool("-save"), "-t", table]
+            return self._runner.run(args, timeout=RULESET_TIMEOUT).stdout
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
 
@@ -103,12 +104,14 @@ class NftablesBackend:
 
     def restore(self, ruleset: str) -> None:
         try:
-            self._runner.run(["nft", "-f", "-"], stdin=ruleset)
+            self._runner.run(["nft", "-f", "-"], stdin=ruleset, timeout=RULESET_TIMEOUT)
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
 
     def save(self, table: str = names.NFT_TABLE) -> str:
-        done = self._runner.run(["nft", "list", "table", names.NFT_FAMILY, table], check=False)
+        done = self._runner.run(
+            ["nft", "list", "table", names.NFT_FAMILY, table], check=False, timeout=RULESET_TIMEOUT
+        )
         if done.returncode != 0:
             if "No such file or directory" in done.stderr:
                 return ""
