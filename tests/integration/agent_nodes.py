@@ -225,6 +225,30 @@ class Agents:
             message=f"the agent of {node.name} runs again",
         )
 
+    def health(self, node: NodeConfig) -> str:
+        """The agent's ``/healthz`` answer inside its node, '' while it does not answer."""
+        script = (
+            "import urllib.request\n"
+            "try:\n"
+            "    print(urllib.request.urlopen('http://127.0.0.1:10248/healthz', timeout=3)"
+            ".read().decode())\n"
+            "except Exception as e:\n"
+            "    print(getattr(e, 'code', ''))\n"
+        )
+        return self.cluster.in_node(node, sys.executable, "-c", script).stdout
+
+    def wait_synced(self, node: NodeConfig, *, timeout: float = 90) -> None:
+        """Until the (restarted) agent's proxy has synced and its runtime relisted."""
+        wait_for(
+            lambda: (
+                "[+]proxy ok: last successful" in (h := self.health(node))
+                and "[+]runtime ok: last relist" in h
+            ),
+            timeout=timeout,
+            message=f"the agent of {node.name} synced",
+            diagnose=lambda: self.cluster.log_tail(f"{node.name}-agent.log"),
+        )
+
     def stop_own(self) -> None:
         for process in self.own.values():
             if process.poll() is None:
