@@ -8,7 +8,10 @@ import pytest
 
 from kopflet.agent.logs_command import (
     LogsError,
+    agent_docker_host,
+    build_parser,
     choose_container_id,
+    in_pod_argv,
     local_cluster_of,
     local_docker_host,
     target_of,
@@ -74,3 +77,35 @@ def test_local_cluster_is_recognised_by_its_api_server(tmp_path: Path) -> None:
     )
     assert local_docker_host("node-2", cluster="kopflet", run_root=run) is None  # no socket
     assert local_docker_host("kind-worker", cluster="kopflet-test", run_root=run) is None
+
+
+def test_on_kind_the_agent_pod_reads_the_engine_its_agent_container_was_given() -> None:
+    pod = {
+        "spec": {
+            "containers": [
+                {"name": "engine", "args": ["--docker-host=unix:///wrong.sock"]},
+                {
+                    "name": "agent",
+                    "args": ["kopflet", "agent", "--docker-host=unix:///run/kopflet/docker.sock"],
+                },
+            ]
+        }
+    }
+    assert agent_docker_host(pod) == "unix:///run/kopflet/docker.sock"
+    assert agent_docker_host({"spec": {"containers": [{"name": "agent"}]}}) == (
+        "unix:///var/run/docker.sock"
+    )
+    args = build_parser().parse_args(["web", "-f", "--tail", "5", "--kubeconfig", "/mine"])
+    target = target_of(instance("server"), None)
+    assert in_pod_argv(args, target, "ns", "unix:///run/kopflet/docker.sock") == [
+        "web",
+        "-n",
+        "ns",
+        "-c",
+        "server",
+        "--docker-host",
+        "unix:///run/kopflet/docker.sock",
+        "-f",
+        "--tail",
+        "5",
+    ]

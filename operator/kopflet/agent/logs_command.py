@@ -7,10 +7,10 @@ from that node's engine:
 
 * on the local cluster (``kopflet up``), every node's engine socket is on this host:
   ``ClusterConfig(name, index).node(i).docker_host`` for node ``node-i``;
-* on a kind install, the command runs itself inside the agent pod of that node (``kubectl
+* on a kind install, the command runs itself inside the agent pod of that node: ``kubectl
   exec`` into the pod of namespace ``kopflet-system`` labelled
-  ``app.kubernetes.io/component=agent`` on that node, container ``agent``), which reads
-  its node's engine with ``--on-node`` (``$DOCKER_HOST``, else the default socket);
+  ``app.kubernetes.io/component=agent`` on that node, container ``agent``, with the
+  ``--docker-host`` that container was given (the engine beside it in the pod);
 * ``--docker-host`` reads a given engine directly.
 
 The container is found by the labels the runtime gives it (instance uid, container name,
@@ -20,6 +20,7 @@ restart count): the current attempt, or with ``--previous`` the one before.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -149,11 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-root", default="/var/lib/kopflet", help=argparse.SUPPRESS)
     p.add_argument("--run-root", default="/run/kopflet", help=argparse.SUPPRESS)
     p.add_argument("--docker-host", help="read this engine directly")
-    p.add_argument(
-        "--on-node",
-        action="store_true",
-        help="running on the instance's node: read $DOCKER_HOST or the default socket",
-    )
     return p
 
 
@@ -228,15 +224,48 @@ def stream_logs(docker_host: str, target: Target, args: argparse.Namespace) -> i
     return 0
 
 
-def _exec_in_agent_pod(target: Target, namespace: str, argv: Sequence[str]) -> int:
+def agent_docker_host(pod: Mapping[str, Any]) -> str:
+    """The engine the agent container of a DaemonSet pod talks to (its ``--docker-host``
+    flag), where that container sees it. Pure."""
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        if container.get("name") != AGENT_CONTAINER:
+            continue
+        args = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+        for i, arg in enumerate(args):
+            if arg.startswith("--docker-host="):
+                return arg.split("=", 1)[1]
+            if arg == "--docker-host" and i + 1 < len(args):
+                return args[i + 1]
+    return DEFAULT_DOCKER_HOST
+
+
+def in_pod_argv(args: argparse.Namespace, target: Target, namespace: str, host: str) -> list[str]:
+    """``kopflet logs`` as the agent pod runs it: the same request, read from ``host``."""
+    argv = [args.instance, "-n", namespace, "-c", target.container, "--docker-host", host]
+    if args.follow:
+        argv.append("-f")
+    if args.previous:
+        argv.append("-p")
+    if args.tail >= 0:
+        argv += ["--tail", str(args.tail)]
+    return argv
+
+
+def _exec_in_agent_pod(
+    target: Target, namespace: str, args: argparse.Namespace, kubeconfig: str | None
+) -> int:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise LogsError(f"node {target.node} is not local and kubectl is not installed")
+    base = [
+        kubectl,
+        *([f"--kubeconfig={kubeconfig}"] if kubeconfig else []),
+        "-n",
+        SYSTEM_NAMESPACE,
+    ]
     found = subprocess.run(
         [
-            kubectl,
-            "-n",
-            SYSTEM_NAMESPACE,
+            *base,
             "get",
             "pods",
             "-l",
@@ -244,31 +273,29 @@ def _exec_in_agent_pod(target: Target, namespace: str, argv: Sequence[str]) -> i
             "--field-selector",
             f"spec.nodeName={target.node}",
             "-o",
-            "name",
+            "json",
         ],
         capture_output=True,
         text=True,
         check=False,
     )
-    pods = found.stdout.split()
-    if found.returncode != 0 or not pods:
+    pods: list[dict[str, Any]] = []
+    if found.returncode == 0:
+        pods = json.loads(found.stdout or "{}").get("items") or []
+    if not pods:
         raise LogsError(f"no agent pod found on node {target.node}: {found.stderr.strip()}")
-    forwarded = [a for a in argv if a not in ("--on-node",)]
+    pod = pods[0]
+    host = agent_docker_host(pod)
     command = [
-        kubectl,
-        "-n",
-        SYSTEM_NAMESPACE,
+        *base,
         "exec",
-        pods[0],
+        pod["metadata"]["name"],
         "-c",
         AGENT_CONTAINER,
         "--",
         "kopflet",
         "logs",
-        *forwarded,
-        "-n",
-        namespace,
-        "--on-node",
+        *in_pod_argv(args, target, namespace, host),
     ]
     return subprocess.run(command, check=False).returncode
 
@@ -277,9 +304,8 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     try:
         target, namespace, server = _find_target(args)
+        kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
         host = args.docker_host
-        if host is None and args.on_node:
-            host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
         if host is None:
             run_root = Path(args.run_root)
             cluster = args.cluster or local_cluster_of(
@@ -288,7 +314,7 @@ def main(argv: Sequence[str]) -> int:
             if cluster is not None:
                 host = local_docker_host(target.node, cluster=cluster, run_root=run_root)
         if host is None:
-            return _exec_in_agent_pod(target, namespace, argv)
+            return _exec_in_agent_pod(target, namespace, args, kubeconfig)
         return stream_logs(host, target, args)
     except LogsError as error:
         print(f"error: {error}", file=sys.stderr)
