@@ -371,3 +371,36 @@ def wait_rollout_started(
         message=f"rollout of {name} under way",
         diagnose=lambda: cluster.diagnose_namespace(namespace),
     )
+
+
+def our_rules(cluster: FaultCluster, node: NodeConfig) -> list[str]:
+    """The node's netfilter rules of ours (iptables mode), without counters: equal lists mean
+    nothing was reprogrammed."""
+    out = cluster.in_node(node, "iptables-save", timeout=30, check=True).stdout
+    lines = []
+    for line in out.splitlines():
+        if "KOPFLET" not in line or line.startswith("#"):
+            continue
+        # ":CHAIN - [packets:bytes]" declarations carry counters.
+        lines.append(line.split(" [", 1)[0] if line.startswith(":") else line)
+    return sorted(lines)
+
+
+def proxy_service(name: str, *, selector: str) -> str:
+    return f"""
+apiVersion: {GROUP}/{VERSION}
+kind: ProxyService
+metadata:
+  name: {name}
+spec:
+  selector: {{app: {selector}}}
+  ports:
+    - {{name: http, port: 80, targetPort: http}}
+"""
+
+
+def service_endpoints(cluster: FaultCluster, namespace: str, name: str) -> set[str]:
+    """The ready endpoint IPs the controller published for a ProxyService."""
+    obj = cluster.get("proxyservices", name, namespace) or {}
+    endpoints = (obj.get("status") or {}).get("endpoints") or []
+    return {str(e["ip"]) for e in endpoints if e.get("ready")}
