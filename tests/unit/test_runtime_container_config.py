@@ -207,7 +207,7 @@ def test_security_context_subset_is_translated() -> None:
             "capabilities": {"add": ["net_admin"], "drop": ["ALL"]},
         }
     )
-    req = request_for(c)
+    req = request_for(c, policy=ContainerPolicy(allowed_capabilities=frozenset({"NET_ADMIN"})))
     assert (req.user, req.read_only_rootfs, req.cap_add, req.cap_drop) == (
         "1000:2000",
         True,

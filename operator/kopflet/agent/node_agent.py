@@ -196,6 +196,10 @@ class NodeAgentProcess:
             host_ip=self.address,
             allow_privileged=o.allow_privileged,
             allow_host_path=o.allow_host_path,
+            allowed_capabilities=o.allowed_capabilities,
+            engine_socket=o.docker_host.removeprefix("unix://")
+            if o.docker_host.startswith("unix://")
+            else None,
             crash_backoff=o.crash_backoff,
             image_backoff=o.image_backoff,
             relist_period_seconds=o.relist_period,

@@ -13,6 +13,7 @@ from typing import Final
 from kopflet.agent.observability import LOG_FORMATS
 from kopflet.agent.proxy import PROXY_MODES, ProxyMode, SyncPolicy
 from kopflet.agent.runtime import BackoffPolicy
+from kopflet.agent.runtime.container_config import capability_name
 
 DEFAULT_DOCKER_HOST: Final = "unix:///var/run/docker.sock"
 DEFAULT_STATE_DIR: Final = Path("/var/lib/kopflet-agent")
@@ -42,6 +43,8 @@ class AgentOptions:
     state_dir: Path
     allow_privileged: bool
     allow_host_path: bool
+    #: Capabilities containers may add beyond the engine's default set (``ALL``: any).
+    allowed_capabilities: frozenset[str]
     crash_backoff: BackoffPolicy
     image_backoff: BackoffPolicy
     relist_period: float
@@ -127,7 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run containers that ask for securityContext.privileged",
     )
-    p.add_argument("--allow-host-path", action="store_true", help="allow hostPath volumes")
+    p.add_argument(
+        "--allow-host-path",
+        action="store_true",
+        help="allow hostPath volumes (never the container engine's socket or a directory above it)",
+    )
+    p.add_argument(
+        "--allow-capability",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a capability containers may add beyond the engine's default set "
+        "(repeatable; ALL: any)",
+    )
 
     g = p.add_argument_group("runtime timing")
     g.add_argument("--crash-backoff-initial", type=_positive, default=10.0, metavar="SECONDS")
@@ -204,6 +219,7 @@ def parse_options(argv: Sequence[str]) -> AgentOptions:
         state_dir=args.state_dir,
         allow_privileged=args.allow_privileged,
         allow_host_path=args.allow_host_path,
+        allowed_capabilities=frozenset(capability_name(c) for c in args.allow_capability),
         crash_backoff=BackoffPolicy(
             initial_seconds=args.crash_backoff_initial,
             max_seconds=args.crash_backoff_max,

@@ -25,6 +25,10 @@ class RuntimeConfig:
     sandbox_command: tuple[str, ...] = ("sleep", "2147483647")
     allow_privileged: bool = False
     allow_host_path: bool = False
+    #: Capabilities containers may add beyond the engine's default set (``ALL``: any).
+    allowed_capabilities: frozenset[str] = frozenset()
+    #: The engine's socket on the host: never mounted into a container, even with hostPath.
+    engine_socket: str | None = None
     crash_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     image_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     #: How often the engine is listed in full (the backstop for lost Docker events).

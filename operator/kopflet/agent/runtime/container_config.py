@@ -1,19 +1,48 @@
 """Translate one spec container into the engine's terms (a :class:`ContainerRequest`). Pure.
 
 Limits become Docker's CPU and memory limits (requests only matter to the scheduler);
-``no-new-privileges`` is on unless the spec allows escalation; privileged containers
-and hostPath volumes are refused unless the agent's configuration allows them.
+``no-new-privileges`` is on unless the spec allows escalation; privileged containers,
+capabilities beyond the engine's default set and hostPath volumes are refused unless the
+agent's configuration allows them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from kopflet.agent.runtime.container_runtime import ContainerRequest, Mount
 from kopflet.agent.runtime.environment import ContainerConfigError, expand
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels
 from kopflet.api import Container, Instance, cpu_nanos, memory_bytes
+
+#: What every container of the engine has anyway (Docker's default set): adding one of these
+#: grants nothing, so it needs no permission.
+DEFAULT_CAPABILITIES: Final = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
+
+
+def capability_name(name: str) -> str:
+    """``net_admin``, ``CAP_NET_ADMIN`` → ``NET_ADMIN``."""
+    upper = name.upper()
+    return upper.removeprefix("CAP_")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +50,14 @@ class ContainerPolicy:
     """What the node's agent permits beyond the defaults."""
 
     allow_privileged: bool = False
+    #: Capabilities a container may add beyond ``DEFAULT_CAPABILITIES`` (``ALL``: any).
+    allowed_capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    def refused_capabilities(self, added: tuple[str, ...]) -> list[str]:
+        if "ALL" in self.allowed_capabilities:
+            return []
+        allowed = DEFAULT_CAPABILITIES | self.allowed_capabilities
+        return sorted({c for c in added if c not in allowed})
 
 
 def _user(container: Container, image_user: str) -> str | None:
@@ -93,6 +130,12 @@ def container_request(
         raise ContainerConfigError("privileged containers are not allowed on this node")
     limits = (container.resources.limits if container.resources else None) or {}
     caps = ctx.capabilities if ctx else None
+    cap_add = tuple(capability_name(c) for c in (caps.add or ())) if caps else ()
+    refused = policy.refused_capabilities(cap_add)
+    if refused and not privileged:
+        raise ContainerConfigError(
+            f"capabilities {', '.join(refused)} are not allowed on this node"
+        )
     escalation = bool(ctx and ctx.allow_privilege_escalation)
     command = tuple(expand(part, env) for part in container.command or ()) or None
     args = container.args
@@ -109,8 +152,8 @@ def container_request(
         user=_user(container, image_user),
         read_only_rootfs=bool(ctx and ctx.read_only_root_filesystem),
         privileged=privileged,
-        cap_add=tuple(c.upper() for c in (caps.add or ())) if caps else (),
-        cap_drop=tuple(c.upper() for c in (caps.drop or ())) if caps else (),
+        cap_add=cap_add,
+        cap_drop=tuple(capability_name(c) for c in (caps.drop or ())) if caps else (),
         no_new_privileges=not (privileged or escalation),
         mounts=_mounts(instance, container, volume_paths),
     )

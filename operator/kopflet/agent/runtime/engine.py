@@ -88,7 +88,11 @@ class RuntimeEngine:
         self._probes = ProbeManager(
             runtime=runtime, clock=self._clock, on_result=self._on_probe_result
         )
-        self._volumes = InstanceVolumes(config.volumes_dir, allow_host_path=config.allow_host_path)
+        self._volumes = InstanceVolumes(
+            config.volumes_dir,
+            allow_host_path=config.allow_host_path,
+            engine_sockets=(config.engine_socket,) if config.engine_socket else (),
+        )
         self._syncer = InstanceSyncer(
             runtime=runtime,
             config=config,

@@ -319,7 +319,10 @@ class InstanceSyncer:
                 sandbox_id=sandbox.id,
                 env=env,
                 volume_paths=paths,
-                policy=ContainerPolicy(allow_privileged=self._config.allow_privileged),
+                policy=ContainerPolicy(
+                    allow_privileged=self._config.allow_privileged,
+                    allowed_capabilities=self._config.allowed_capabilities,
+                ),
                 image_user=image_user,
             )
         except ContainerConfigError as exc:

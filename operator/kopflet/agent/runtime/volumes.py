@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Final
 
 from kopflet.agent.runtime.environment import ContainerConfigError, ReferenceResolver
 from kopflet.api import UID, Instance, KeyToPath, Volume
@@ -109,12 +110,26 @@ def write_atomically(volume_dir: Path, files: Mapping[PurePosixPath, tuple[bytes
     return True
 
 
+#: Engine sockets on any node: whoever can talk to one owns the node.
+WELL_KNOWN_ENGINE_SOCKETS: Final = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+)
+
+
 class InstanceVolumes:
     """The volume directories of every instance on this node."""
 
-    def __init__(self, root: Path, *, allow_host_path: bool) -> None:
+    def __init__(
+        self, root: Path, *, allow_host_path: bool, engine_sockets: tuple[str, ...] = ()
+    ) -> None:
         self._root = root
         self._allow_host_path = allow_host_path
+        sockets = (*engine_sockets, *WELL_KNOWN_ENGINE_SOCKETS)
+        self._engine_sockets = frozenset(
+            p for s in sockets for p in (Path(os.path.normpath(s)), Path(s).resolve())
+        )
 
     def instance_dir(self, uid: UID) -> Path:
         return self._root / uid
@@ -167,6 +182,14 @@ class InstanceVolumes:
         if not self._allow_host_path:
             raise ContainerConfigError("hostPath volumes are not allowed on this node")
         target = Path(path)
+        # Resolved: a symlink or "/run/../run" must not reach the socket either. The socket
+        # itself or any directory above it would hand the workload the engine.
+        candidates = {Path(os.path.normpath(path)), target.resolve()}
+        for socket in self._engine_sockets:
+            if any(c == socket or c in socket.parents for c in candidates):
+                raise ContainerConfigError(
+                    f"hostPath {path} would expose the container engine's socket"
+                )
         if kind == "DirectoryOrCreate":
             target.mkdir(parents=True, exist_ok=True)
         elif kind == "FileOrCreate":
