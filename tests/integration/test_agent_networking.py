@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -136,7 +137,7 @@ def test_a_virtual_ip_reaches_instances_on_every_node_from_a_node_and_from_an_in
         seen[served_by(http_get(cluster, first, vip, 80))] += 1
     assert {n.name for n in cluster.nodes} <= set(seen), seen
 
-    # From an instance on node-1 (a second container of its web instance).
+    # From an instance on node-1 (its web container, through the instance's own namespace).
     client_uid = webs[first.name]["metadata"]["uid"]
     script = f"for i in $(seq 30); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vip} 80; done"
     answers = exec_in(cluster, first, client_uid, "web", script)
@@ -148,6 +149,93 @@ def test_a_virtual_ip_reaches_instances_on_every_node_from_a_node_and_from_an_in
         served_by(http_get(cluster, third, second.address, node_port)) for _ in range(15)
     }
     assert len(seen_by_port - {None}) >= 2, seen_by_port
+    # And from the host, outside every node, on node-3's address.
+    from_host = {served_by(host_get(third.address, node_port)) for _ in range(15)}
+    assert len(from_host - {None}) >= 2, from_host
+
+
+def host_get(address: str, port: int) -> str:
+    try:
+        with socket.create_connection((address, port), timeout=3) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+    except OSError:
+        return ""
+    return data.decode(errors="replace")
+
+
+PROBE_LOOP = """
+import re, socket, sys, time
+address, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    served = "-"
+    try:
+        with socket.create_connection((address, port), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        found = re.search(rb"node-[0-9]+", data)
+        served = found.group(0).decode() if found else "-"
+    except OSError:
+        pass
+    print(f"{time.time():.3f} {served}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+def probe_loop(
+    cluster: TestCluster, node: NodeConfig, address: str, port: int, seconds: float
+) -> subprocess.Popen[str]:
+    """Connections from ``node`` for ``seconds``, one line each: wall time and who served."""
+    return subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={node.netns_path}",
+            "--",
+            sys.executable,
+            "-c",
+            PROBE_LOOP,
+            address,
+            str(port),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_an_endpoint_marked_unready_in_the_api_leaves_rotation_within_2s(
+    cluster: TestCluster, agents: Agents, admin_api: Admin, namespace: str
+) -> None:
+    first, second, third = cluster.nodes
+    webs = start_webs(cluster, admin_api, namespace, [second, third])
+    vip = f"10.96.{random.randint(200, 250)}.{random.randint(2, 250)}"
+    admin_api.create_service(namespace, service("rotation", ip=vip))
+    listed = endpoints(webs)
+    admin_api.patch_service_status(namespace, "rotation", {"endpoints": listed})
+    wait_for(
+        lambda: len({served_by(http_get(cluster, first, vip, 80)) for _ in range(8)} - {None}) == 2,
+        timeout=60,
+        message="both endpoints in rotation",
+    )
+    loop = probe_loop(cluster, first, vip, 80, seconds=8)
+    time.sleep(2)
+    for endpoint in listed:
+        endpoint["ready"] = endpoint["nodeName"] != third.name
+    marked_at = time.time()
+    admin_api.patch_service_status(namespace, "rotation", {"endpoints": listed})
+    out, err = loop.communicate(timeout=60)
+    answers = [(float(t), who) for t, who in (line.split() for line in out.splitlines())]
+    after = [(t, who) for t, who in answers if t > marked_at]
+    assert after and all(who != "-" for _, who in answers), (err, answers[-5:])
+    last_by_third = max((t for t, who in after if who == third.name), default=marked_at)
+    assert last_by_third - marked_at < 2.0, f"still served {last_by_third - marked_at:.2f}s later"
+    assert [who for t, who in after if t > marked_at + 2.0].count(second.name) >= 5
 
 
 CONNECTION_LOOP = """
