@@ -201,6 +201,38 @@ def test_a_deleted_node_agent_is_registered_again() -> None:
     assert api.objects[f"{NODES}/node-2"]["status"]["instances"] == 3
 
 
+def test_node_events_say_starting_and_each_ready_transition() -> None:
+    api = FakeKubeApi()
+    current = [facts()]
+    events: list[tuple[str, str, str]] = []
+
+    async def read() -> NodeFacts:
+        return current[0]
+
+    node = NodeRegistration(
+        api,
+        node_name="node-2",
+        facts=read,
+        now=lambda: T0,
+        events=lambda uid, type, reason, message: events.append((uid, reason, message)),
+    )
+
+    async def scenario() -> None:
+        await node.register()
+        await node.sync_status()
+        await node.sync_status()
+        current[0] = facts(runtime_healthy=False)
+        await node.sync_status()
+
+    asyncio.run(scenario())
+    uid = api.objects[f"{NODES}/node-2"]["metadata"]["uid"]
+    assert events == [
+        (uid, "Starting", "Starting kopflet agent."),
+        (uid, "NodeReady", "Node node-2 status is now: NodeReady"),
+        (uid, "NodeNotReady", "Node node-2 status is now: NodeNotReady"),
+    ]
+
+
 # -- lease ----------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from loguru import logger
 
 from kopflet import __version__
 from kopflet.agent.api_reporter import ApiReporter
-from kopflet.agent.event_recorder import EventRecorder
+from kopflet.agent.event_recorder import EventRecorder, EventType, ObjectRef
 from kopflet.agent.informer import Informer, Obj, WatchTarget, key_of
 from kopflet.agent.instance_feed import InstanceFeed
 from kopflet.agent.instance_finalizers import FinalizerWriter
@@ -41,8 +41,10 @@ from kopflet.agent.proxy import ProxyEngine
 from kopflet.agent.reference_cache import ReferenceCache
 from kopflet.agent.runtime import DockerRuntime, RuntimeConfig, RuntimeEngine
 from kopflet.api.constants import (
+    API_VERSION,
     INSTANCE_NODE_NAME_FIELD,
     INSTANCE_PLURAL,
+    NODEAGENT_KIND,
     NODEAGENT_PLURAL,
     PROXYSERVICE_PLURAL,
 )
@@ -95,6 +97,7 @@ class NodeAgentProcess:
             node_name=self.node_name,
             facts=self.facts,
             period=options.node_status_period,
+            events=self._node_event,
         )
         self.lease = NodeLease(
             self.api, node_name=self.node_name, owner_uid=lambda: self.registration.uid
@@ -103,6 +106,10 @@ class NodeAgentProcess:
         self.engine: RuntimeEngine | None = None
         self.feed: InstanceFeed | None = None
         self.runtime_started_at: float | None = None
+
+    def _node_event(self, uid: str, type: EventType, reason: str, message: str) -> None:
+        ref = ObjectRef(api_version=API_VERSION, kind=NODEAGENT_KIND, name=self.node_name, uid=uid)
+        self.events.record(ref, type=type, reason=reason, message=message)
 
     # -- facts and health ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from loguru import logger
 
 from kopflet.agent import metrics
+from kopflet.agent.event_recorder import EventType
 from kopflet.agent.informer import Backoff, Obj
 from kopflet.agent.kube_client import (
     KOPFLET_API,
@@ -49,6 +50,10 @@ class NodeApi(Protocol):
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
+#: Records an Event about this node's NodeAgent: (uid, type, reason, message).
+NodeEvents = Callable[[str, EventType, str, str], None]
+
+
 def _older(node: NodeAgent, *, than: NodeAgent) -> bool:
     mine, theirs = node.metadata.resource_version, than.metadata.resource_version
     if mine and theirs and mine.isdigit() and theirs.isdigit():
@@ -74,10 +79,13 @@ class NodeRegistration:
         facts: Callable[[], Awaitable[NodeFacts]],
         period: float = 10.0,
         now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+        events: NodeEvents | None = None,
     ) -> None:
         self.node_name = node_name
         self._api = api
         self._facts = facts
+        self._events = events
+        self._started_reported = False
         self._period = period
         self._now = now
         self._path = object_path(KOPFLET_API, NODEAGENT_PLURAL, name=node_name)
@@ -180,6 +188,9 @@ class NodeRegistration:
                 )
         self._adopt(obj)
         self._registered = True
+        if not self._started_reported and self._events is not None and self.uid:
+            self._events(self.uid, "Normal", "Starting", "Starting kopflet agent.")
+            self._started_reported = True
 
     async def sync_status(self) -> bool:
         """Write the status if it changed; True if something was written."""
@@ -207,5 +218,11 @@ class NodeRegistration:
         self.writes += 1
         metrics.NODE_STATUS_WRITES.inc()
         self.last_write = time.time()
+        was_ready = is_ready(observed) if observed and observed.conditions else None
         self._adopt(obj)
+        if self._events is not None and self.uid and was_ready is not is_ready(status):
+            ready = is_ready(status)
+            reason = "NodeReady" if ready else "NodeNotReady"
+            message = f"Node {self.node_name} status is now: {reason}"
+            self._events(self.uid, "Normal", reason, message)
         return True
