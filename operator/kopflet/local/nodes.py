@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -79,6 +80,24 @@ def ensure_node_network(config: ClusterConfig, node: NodeConfig) -> None:
     # The default route points at the host, which does not forward: a node reaches the API
     # server and the other nodes, and nothing beyond.
     _ip("route", "replace", "default", "via", config.host_address, netns=ns)
+    # Bridged traffic through the node's netfilter rules, as kube-proxy requires: without it a
+    # reply between two instances on one bridge skips conntrack and misses the virtual IP's
+    # reverse NAT.
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+        subprocess.run(
+            [
+                "nsenter",
+                f"--net={node.netns_path}",
+                "--",
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=1",
+            ],
+            capture_output=True,
+            check=True,
+        )
     for directory in (node.run_dir, node.data_dir):
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -100,6 +119,8 @@ def dockerd_component(config: ClusterConfig, node: NodeConfig) -> Component:
             str(node.run_dir / "docker.pid"),
             # No default docker0: the agent makes the one network instances use.
             "--bridge=none",
+            # Hairpin mode on bridge ports, so an instance reaches itself through a virtual IP.
+            "--userland-proxy=false",
             "--log-level=warn",
         ),
         log_file=config.log_dir / f"{node.name}-dockerd.log",
