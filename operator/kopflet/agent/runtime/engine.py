@@ -49,6 +49,15 @@ from kopflet.api import UID, Instance, InstanceStatus
 
 #: How long a worker waits before retrying a pass that failed on the engine or the API.
 RETRY_SECONDS = 2.0
+#: A pass that keeps failing on the engine is retried after 2 s, 4 s, ... at most this.
+MAX_RETRY_SECONDS = 30.0
+#: Reason of the Event that tells an Instance's owner its node's engine failed a pass.
+FAILED_SYNC_REASON = "FailedSync"
+
+
+def engine_retry_delay(failures: int) -> float:
+    """Back-off after ``failures`` consecutive passes failed on the engine (1, 2, ...)."""
+    return min(MAX_RETRY_SECONDS, RETRY_SECONDS * float(2 ** max(0, failures - 1)))
 
 
 def _ref_from(observed: ObservedInstance) -> InstanceRef:
@@ -232,15 +241,24 @@ class RuntimeEngine:
         # A sandbox needs the instance network; creating one before it exists would fail,
         # or worse, land on a stale network of another subnet.
         await self._network_ready.wait()
+        failures = 0
         while True:
             wake.clear()
             started = self._clock.now()
             try:
                 done, wake_at = await self._sync(uid)
+                failures = 0
             except (RuntimeUnavailable, RuntimeOperationError, OSError) as exc:
-                logger.warning("sync of instance {} failed, retrying: {}", uid, exc)
+                # A busy, full or frozen engine is temporary: back off, and tell the
+                # Instance's owner, who otherwise sees nothing but a pending Instance.
+                failures += 1
+                delay = engine_retry_delay(failures)
+                logger.warning(
+                    "sync of instance {} failed, retrying in {:.0f}s: {}", uid, delay, exc
+                )
                 metrics.SYNC_ERRORS.inc()
-                done, wake_at = False, self._clock.now() + RETRY_SECONDS
+                self._report_failed_sync(uid, exc)
+                done, wake_at = False, self._clock.now() + delay
             except Exception:
                 # A bug must not leave an instance without its worker: log it, retry later.
                 logger.exception("sync of instance {} crashed, retrying", uid)
@@ -256,6 +274,17 @@ class RuntimeEngine:
             if wake_at is not None:
                 timeout = max(0.0, min(timeout, wake_at - self._clock.now()))
             await self._wait(wake, timeout)
+
+    def _report_failed_sync(self, uid: UID, error: Exception) -> None:
+        desired = self._desired.get(uid)
+        if desired is None:
+            return  # being torn down: nobody is left to tell
+        self._reporter.event(
+            InstanceRef.of(desired),
+            type="Warning",
+            reason=FAILED_SYNC_REASON,
+            message=f"error syncing instance, retrying with back-off: {error}",
+        )
 
     async def _wait(self, wake: asyncio.Event, timeout: float) -> None:
         waiter = asyncio.ensure_future(wake.wait())
