@@ -404,3 +404,63 @@ def service_endpoints(cluster: FaultCluster, namespace: str, name: str) -> set[s
     obj = cluster.get("proxyservices", name, namespace) or {}
     endpoints = (obj.get("status") or {}).get("endpoints") or []
     return {str(e["ip"]) for e in endpoints if e.get("ready")}
+
+
+def waiting_reason(instance: dict[str, Any], container: str = "main") -> tuple[str, str] | None:
+    """(reason, message) of a waiting container, as the agent reports it."""
+    for status in (instance.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if status.get("name") == container and waiting:
+            return str(waiting.get("reason") or ""), str(waiting.get("message") or "")
+    return None
+
+
+def warning_events(cluster: FaultCluster, namespace: str, name: str) -> list[str]:
+    out = cluster.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        f"involvedObject.name={name},type=Warning",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{'\\n'}{end}",
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def bare_instance(
+    name: str,
+    *,
+    node: str,
+    container: dict[str, Any] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    restart_policy: str = "Always",
+    extra_spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An Instance bound to ``node`` by its author (no scheduler involved)."""
+    main = {"name": "main", "image": TEST_IMAGE, "command": ["sleep", "3600"]}
+    spec: dict[str, Any] = {
+        "nodeName": node,
+        "restartPolicy": restart_policy,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{**main, **(container or {})}],
+        **(extra_spec or {}),
+    }
+    if volumes is not None:
+        spec["volumes"] = volumes
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Instance",
+        "metadata": {"name": name, "labels": {"app": "bare"}},
+        "spec": spec,
+    }
+
+
+def create_instance(cluster: FaultCluster, namespace: str, body: dict[str, Any]) -> None:
+    api = cluster.custom()
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, INSTANCE_PLURAL, body)
+    finally:
+        api.api_client.close()
