@@ -13,9 +13,12 @@ from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from loguru import logger
+
 K = TypeVar("K", bound=Hashable)
 
-DEFAULT_TTL_SECONDS = 30.0
+#: As the core's: long enough for a watch that lags behind a busy API server.
+DEFAULT_TTL_SECONDS = 300.0
 
 
 @dataclass
@@ -62,10 +65,15 @@ class Expectations(Generic[K]):
         if pending is None:
             return True
         now = self._clock()
-        pending.creates = {
-            n: d for n, d in pending.creates.items() if n not in present_names and d > now
-        }
-        pending.deletes = {u: d for u, d in pending.deletes.items() if u in live_uids and d > now}
+        creates = {n: d for n, d in pending.creates.items() if n not in present_names}
+        deletes = {u: d for u, d in pending.deletes.items() if u in live_uids}
+        pending.creates = {n: d for n, d in creates.items() if d > now}
+        pending.deletes = {u: d for u, d in deletes.items() if d > now}
+        expired = len(creates) + len(deletes) - len(pending.creates) - len(pending.deletes)
+        if expired:
+            logger.warning(
+                "{}: {} expected writes never showed in the watch; acting anyway", key, expired
+            )
         if pending.creates or pending.deletes:
             return False
         del self._pending[key]

@@ -149,7 +149,7 @@ class KubeApi:
         self,
         configuration: kubernetes.client.Configuration,
         *,
-        connections: int = 16,
+        connections: int = 48,
         timeout_seconds: float = 30,
         on_request: Any = None,
     ) -> None:

@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from kopflet.api import ProxyService, find_condition
-from kopflet.api.constants import NODEAGENT_KIND, PROXYSERVICE_KIND
+from kopflet.api.constants import (
+    NODEAGENT_KIND,
+    NODEAGENT_PLURAL,
+    PROXYSERVICE_KIND,
+    PROXYSERVICE_PLURAL,
+)
 from kopflet.controller.allocator import Allocator, Holder
 from kopflet.controller.cluster_cache import ClusterCache, Index
 from kopflet.controller.endpoints import selects
@@ -247,9 +252,9 @@ class ControllerRuntime:
         """Is ``value`` still named by its holder? Asked of the API server, not the cache: the
         cache may not have seen the holder's spec write yet."""
         if holder.kind == PROXYSERVICE_KIND:
-            path = custom_path("proxyservices", namespace=holder.namespace, name=holder.name)
+            path = custom_path(PROXYSERVICE_PLURAL, namespace=holder.namespace, name=holder.name)
         elif holder.kind == NODEAGENT_KIND:
-            path = custom_path("nodeagents", name=holder.name)
+            path = custom_path(NODEAGENT_PLURAL, name=holder.name)
         else:
             return True  # not ours to judge
         try:

@@ -42,7 +42,7 @@ REASON_UNSCHEDULABLE = "Unschedulable"
 RETRY_SECONDS = 10.0
 #: A bind not seen through the watch after this long is forgotten (its capacity freed).
 ASSUME_TTL_SECONDS = 30.0
-_BIND_CONCURRENCY = 16
+_BIND_CONCURRENCY = 32
 #: The per-node usage is kept up to date from events and rebuilt from the cache this often.
 USAGE_REBUILD_SECONDS = 60.0
 

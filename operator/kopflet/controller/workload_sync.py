@@ -165,7 +165,10 @@ class WorkloadSync:
             )
             for name, outcome in zip(chunk, results, strict=True):
                 if isinstance(outcome, BaseException):
-                    self.expectations.create_failed(key, name)
+                    # Only an answer from the API server says it was not created; after a
+                    # timeout or a broken connection it may well exist: keep expecting it.
+                    if isinstance(outcome, ApiError):
+                        self.expectations.create_failed(key, name)
                     if not isinstance(outcome, AlreadyExists):
                         failure = failure or outcome  # type: ignore[assignment]
                 else:
@@ -217,7 +220,7 @@ class WorkloadSync:
                 except (NotFound, Conflict):
                     self.expectations.delete_failed(key, str(instance.metadata.uid))
                     return False  # gone already, or a different object by that name now
-                except Exception:
+                except ApiError:
                     self.expectations.delete_failed(key, str(instance.metadata.uid))
                     raise
                 return True
