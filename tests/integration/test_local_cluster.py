@@ -195,34 +195,43 @@ def test_supervisor_restarts_a_component_that_dies(cluster: TestCluster) -> None
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: dockerd_state()[1] == restarts + 1 and dockerd_state()[0] not in (None, pid),
+        lambda: dockerd_state()[1] >= restarts + 1 and dockerd_state()[0] not in (None, pid),
         timeout=30,
         message=f"dockerd of {node.name} restarted by the supervisor",
     )
     wait_for(
         lambda: engine_answers(node.docker_host), timeout=60, message="the restarted engine answers"
     )
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kopflet",
-            "status",
-            "--name",
-            cluster.config.name,
-            "--index",
-            str(cluster.config.index),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    row = next(
-        line.split() for line in shown.splitlines() if line.split()[:2] == ["dockerd", node.name]
-    )
-    # COMPONENT NODE STATE PID RESTARTS
-    assert row[2] == "running" and int(row[4]) == restarts + 1, shown
+
+    def shown_row() -> list[str] | None:
+        shown = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kopflet",
+                "status",
+                "--name",
+                cluster.config.name,
+                "--index",
+                str(cluster.config.index),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        row = next(
+            line.split()
+            for line in shown.splitlines()
+            if line.split()[:2] == ["dockerd", node.name]
+        )
+        # COMPONENT NODE STATE PID RESTARTS
+        return row if row[2] == "running" else None
+
+    row = wait_for(shown_row, timeout=30, message="`kopflet status` shows the engine running")
+    # A SIGKILLed dockerd leaves its containerd behind, and a new dockerd may need a second
+    # start while the old one lets go: at least one restart, never none.
+    assert int(row[4]) >= restarts + 1
 
 
 def _leftovers(config: ClusterConfig) -> list[str]:
