@@ -164,10 +164,14 @@ def test_a_standby_takes_over_within_15s_and_serves_metrics_and_health(
     assert time.monotonic() - killed_at < 45
     assert get(f"{base}/readyz") == (200, "ok (leader)")
 
-    status, text = get(f"http://127.0.0.1:{metrics_port}/metrics")
-    assert status == 200
+    def scraped() -> str | None:
+        status, text = get(f"http://127.0.0.1:{metrics_port}/metrics")
+        # The object gauges are refreshed every 15 s: wait for the first refresh.
+        wanted = 'kopflet_controller_objects{kind="Workload",phase="All"}'
+        return text if status == 200 and wanted in text else None
+
+    text = wait_for(scraped, timeout=20, message="the leader's metrics")
     assert "kopflet_controller_leader 1.0" in text
     assert 'kopflet_controller_reconciles_total{controller="workload",result="ok"}' in text
     assert "kopflet_controller_queue_latency_seconds_bucket" in text
     assert 'kopflet_controller_api_requests_total{code="201",verb="POST"}' in text
-    assert 'kopflet_controller_objects{kind="Workload",phase="All"}' in text

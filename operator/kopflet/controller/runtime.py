@@ -150,7 +150,7 @@ class ControllerRuntime:
         spawn("resync", self._every(RESYNC_SECONDS, self.resync_all))
         spawn("repair", self._every(REPAIR_SECONDS, self._repair, first=REPAIR_SECONDS / 2))
         spawn("orphans", self._every(ORPHANS_SECONDS, self.lifecycle.collect_orphans))
-        spawn("gauges", self._every(GAUGES_SECONDS, self._gauges, first=1.0))
+        spawn("gauges", self._every(GAUGES_SECONDS, self._gauges, first=0.0))
         await self.resync_all()
 
     async def stop(self) -> None:
