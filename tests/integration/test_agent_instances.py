@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -254,6 +255,59 @@ def test_kopflet_logs_prints_each_containers_output_and_the_previous_attempts(
     current = kopflet_logs(cluster, namespace, "talk", "-c", "crasher")
     assert previous.startswith("started-at-") and current.startswith("started-at-")
     assert int(previous.split("-")[-1]) < int(current.split("-")[-1])
+
+
+def test_kopflet_logs_follow_streams_new_output_as_it_comes(
+    cluster: TestCluster, agents: Agents, admin_api: Admin, namespace: str
+) -> None:
+    ticking = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 1; done"
+    admin_api.create_instance(
+        namespace,
+        instance_body(
+            "ticker",
+            node=cluster.nodes[2].name,
+            containers=[{"name": "main", "command": sh(ticking)}],
+        ),
+    )
+    wait_running(cluster, admin_api, namespace, "ticker")
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kopflet",
+            "logs",
+            "ticker",
+            "-n",
+            namespace,
+            "-f",
+            "--tail",
+            "1",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    # A thread reads, so that a stream that stalls cannot hang the test past its deadline.
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(follow.stdout.readline, "")) if follow.stdout else None,
+        daemon=True,
+    )
+    reader.start()
+    try:
+        wait_for(
+            lambda: len(lines) >= 4,
+            timeout=60,
+            message="four ticks followed",
+            diagnose=lambda: cluster.diagnose("instance", "ticker", namespace),
+        )
+    finally:
+        follow.terminate()
+        follow.wait(timeout=30)
+    ticks = [int(line.strip().removeprefix("tick-")) for line in lines[:4]]
+    assert ticks == list(range(ticks[0], ticks[0] + 4)), ticks
 
 
 def test_kubectl_describe_instance_tells_the_story(
