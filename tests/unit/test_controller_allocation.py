@@ -102,7 +102,7 @@ class RecordStore:
 
 
 def holder(n: int) -> Holder:
-    return Holder("ProxyService", "ns", f"svc-{n}", f"uid-{n}")
+    return Holder(kind="ProxyService", namespace="ns", name=f"svc-{n}", uid=f"uid-{n}")
 
 
 POOL = AddressPool.parse("10.96.0.0/24")
@@ -116,7 +116,7 @@ def test_concurrent_allocations_by_two_controllers_are_all_distinct() -> None:
         await second.load()
         results = await asyncio.gather(
             *(
-                (first if n % 2 else second).allocate("clusterip", POOL, holder(n))
+                (first if n % 2 else second).allocate("clusterip", POOL, holder=holder(n))
                 for n in range(200)
             )
         )
@@ -132,11 +132,11 @@ def test_a_restarted_allocator_sees_every_allocation_and_never_hands_one_out_twi
         store = RecordStore()
         before = Allocator(store)  # type: ignore[arg-type]
         await before.load()
-        taken = await before.allocate("clusterip", POOL, holder(1))
+        taken = await before.allocate("clusterip", POOL, holder=holder(1))
         after = Allocator(store)  # type: ignore[arg-type]
         await after.load()
-        again = await after.allocate("clusterip", POOL, holder(1))  # its spec write was lost
-        fresh = await after.allocate("clusterip", POOL, holder(2))
+        again = await after.allocate("clusterip", POOL, holder=holder(1))  # its spec write was lost
+        fresh = await after.allocate("clusterip", POOL, holder=holder(2))
         return taken, again, fresh
 
     taken, again, fresh = asyncio.run(scenario())
@@ -148,8 +148,8 @@ def test_a_requested_value_held_by_another_is_refused_with_its_holder() -> None:
         store = RecordStore()
         allocator = Allocator(store)  # type: ignore[arg-type]
         await allocator.load()
-        granted = await allocator.claim("nodeport", "30080", holder(1))
-        refused = await allocator.claim("nodeport", "30080", holder(2))
+        granted = await allocator.claim("nodeport", "30080", holder=holder(1))
+        refused = await allocator.claim("nodeport", "30080", holder=holder(2))
         return granted, refused
 
     granted, refused = asyncio.run(scenario())
@@ -161,9 +161,9 @@ def test_a_recreated_object_of_the_same_name_takes_over_its_old_records() -> Non
         store = RecordStore()
         allocator = Allocator(store)  # type: ignore[arg-type]
         await allocator.load()
-        await allocator.claim("clusterip", "10.96.0.9", holder(1))
-        reborn = Holder("ProxyService", "ns", "svc-1", "new-uid")
-        return await allocator.claim("clusterip", "10.96.0.9", reborn)
+        await allocator.claim("clusterip", "10.96.0.9", holder=holder(1))
+        reborn = Holder(kind="ProxyService", namespace="ns", name="svc-1", uid="new-uid")
+        return await allocator.claim("clusterip", "10.96.0.9", holder=reborn)
 
     assert asyncio.run(scenario()) is None
 
@@ -173,7 +173,7 @@ def test_repair_releases_only_records_no_holder_uses() -> None:
         store = RecordStore()
         allocator = Allocator(store)  # type: ignore[arg-type]
         for n in range(3):
-            await allocator.claim("clusterip", f"10.96.0.{n + 1}", holder(n))
+            await allocator.claim("clusterip", f"10.96.0.{n + 1}", holder=holder(n))
 
         async def still_used(h: Holder, kind: str, value: str) -> bool:
             return h != holder(1)
@@ -192,8 +192,8 @@ def test_an_exhausted_pool_allocates_nothing() -> None:
         store = RecordStore()
         allocator = Allocator(store)  # type: ignore[arg-type]
         tiny = AddressPool.parse("10.96.0.0/30")
-        await allocator.allocate("clusterip", tiny, holder(1))
-        await allocator.allocate("clusterip", tiny, holder(2))
-        return await allocator.allocate("clusterip", tiny, holder(3))
+        await allocator.allocate("clusterip", tiny, holder=holder(1))
+        await allocator.allocate("clusterip", tiny, holder=holder(2))
+        return await allocator.allocate("clusterip", tiny, holder=holder(3))
 
     assert asyncio.run(scenario()) is None

@@ -92,7 +92,13 @@ def _record_of(obj: dict[str, Any], *, created_at: float) -> Record | None:
         name=notes.get(_HOLDER_NAME, ""),
         uid=notes.get(_HOLDER_UID, ""),
     )
-    return Record(kind, notes[_VALUE], holder, str(meta.get("uid", "")), created_at)
+    return Record(
+        kind=kind,
+        value=notes[_VALUE],
+        holder=holder,
+        uid=str(meta.get("uid", "")),
+        created_at=created_at,
+    )
 
 
 class Allocator:
@@ -138,16 +144,16 @@ class Allocator:
         self,
         kind: AllocationKind,
         value: str,
-        holder: Holder,
         *,
+        holder: Holder,
         owner: dict[str, Any] | None = None,
     ) -> Holder | None:
         """Record ``value`` for ``holder``; returns the other holder if it is taken."""
         async with self._lock:
-            return await self._claim(kind, value, holder, owner=owner)
+            return await self._claim(kind, value, holder=holder, owner=owner)
 
     async def _claim(
-        self, kind: AllocationKind, value: str, holder: Holder, *, owner: dict[str, Any] | None
+        self, kind: AllocationKind, value: str, *, holder: Holder, owner: dict[str, Any] | None
     ) -> Holder | None:
         name = allocation_name(kind, value)
         for _ in range(3):
@@ -164,7 +170,7 @@ class Allocator:
                 await self._delete(name, record)
             try:
                 created = await self._api.create(
-                    lease_path(self._namespace), self._body(kind, value, holder, owner)
+                    lease_path(self._namespace), self._body(kind, value, holder=holder, owner=owner)
                 )
             except AlreadyExists:
                 await self._refresh(name)
@@ -179,8 +185,8 @@ class Allocator:
         self,
         kind: AllocationKind,
         pool: Pool,
-        holder: Holder,
         *,
+        holder: Holder,
         in_use_by_holder: Iterable[str] = (),
         owner: dict[str, Any] | None = None,
     ) -> str | None:
@@ -197,7 +203,7 @@ class Allocator:
                 index, value = next(candidates, (-1, ""))
                 if index < 0:
                     return None  # every value of the pool is recorded
-                if await self._claim(kind, value, holder, owner=owner) is None:
+                if await self._claim(kind, value, holder=holder, owner=owner) is None:
                     self._cursor[kind] = (index + 1) % pool.size
                     return value
                 # Someone else recorded it: our view is stale (another replica during a
@@ -209,7 +215,7 @@ class Allocator:
                 start = random.randrange(pool.size)
             raise AllocationRace(f"{kind}: {_MAX_REFUSALS} values refused in a row")
 
-    async def release(self, kind: AllocationKind, value: str, holder: Holder) -> None:
+    async def release(self, kind: AllocationKind, value: str, *, holder: Holder) -> None:
         name = allocation_name(kind, value)
         async with self._lock:
             record = self._records.get(name)
@@ -265,7 +271,7 @@ class Allocator:
             self._records[name] = record
 
     def _body(
-        self, kind: AllocationKind, value: str, holder: Holder, owner: dict[str, Any] | None
+        self, kind: AllocationKind, value: str, *, holder: Holder, owner: dict[str, Any] | None
     ) -> dict[str, Any]:
         metadata: dict[str, Any] = {
             "name": allocation_name(kind, value),

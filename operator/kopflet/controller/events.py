@@ -78,7 +78,14 @@ class EventRecorder:
         if len(self._recent) > _MAX_REMEMBERED:
             self._recent = {k: t for k, t in self._recent.items() if now - t < _REPEAT_SECONDS}
         self._recent[key] = now
-        pending = _Pending(ref, type, reason, action, note[:1024], datetime.now(UTC))
+        pending = _Pending(
+            ref=ref,
+            type=type,
+            reason=reason,
+            action=action,
+            note=note[:1024],
+            moment=datetime.now(UTC),
+        )
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:

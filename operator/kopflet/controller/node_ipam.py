@@ -26,7 +26,9 @@ EXHAUSTED_RETRY_SECONDS = 30.0
 
 
 def holder_of(node: NodeAgent) -> Holder:
-    return Holder(NODEAGENT_KIND, "", node.metadata.name or "", str(node.metadata.uid))
+    return Holder(
+        kind=NODEAGENT_KIND, namespace="", name=node.metadata.name or "", uid=str(node.metadata.uid)
+    )
 
 
 def owner_reference(node: NodeAgent) -> dict[str, object]:
@@ -63,7 +65,7 @@ class NodeIpam:
         current = node.spec.instance_cidr if node.spec else None
         if current:
             # Set by us earlier, or by hand: make sure its record is there and is this node's.
-            other = await self._allocator.claim(KIND, current, holder, owner=owner)
+            other = await self._allocator.claim(KIND, current, holder=holder, owner=owner)
             if other is not None:
                 self._events.record(
                     ref_of(node),
@@ -73,7 +75,7 @@ class NodeIpam:
                     note=f"instanceCIDR {current} is also allocated to {other}",
                 )
             return None
-        subnet = await self._allocator.allocate(KIND, self._pool, holder, owner=owner)
+        subnet = await self._allocator.allocate(KIND, self._pool, holder=holder, owner=owner)
         if subnet is None:
             self._events.record(
                 ref_of(node),
@@ -91,13 +93,13 @@ class NodeIpam:
                 custom_path(NODEAGENT_PLURAL, name=name), {"spec": {"instanceCIDR": subnet}}
             )
         except NotFound:
-            await self._allocator.release(KIND, subnet, holder)
+            await self._allocator.release(KIND, subnet, holder=holder)
             return None
         except ApiError as error:
             if error.status != 422:
                 raise
             logger.warning("node {}: instanceCIDR not set: {}", name, error.message)
-            await self._allocator.release(KIND, subnet, holder)
+            await self._allocator.release(KIND, subnet, holder=holder)
             return 0.5
         logger.info("node {}: instanceCIDR {}", name, subnet)
         self._events.record(

@@ -325,7 +325,12 @@ class ControllerRuntime:
         key = _key(body)
         if event_type == "DELETED":
             meta = body.get("metadata") or {}
-            holder = Holder(PROXYSERVICE_KIND, key.namespace, key.name, str(meta.get("uid")))
+            holder = Holder(
+                kind=PROXYSERVICE_KIND,
+                namespace=key.namespace,
+                name=key.name,
+                uid=str(meta.get("uid")),
+            )
             self._spawn(
                 f"release-{key}",
                 self._retrying(

@@ -34,7 +34,12 @@ class _Problem:
 
 def holder_of(service: ProxyService) -> Holder:
     meta = service.metadata
-    return Holder(PROXYSERVICE_KIND, meta.namespace or "", meta.name or "", str(meta.uid))
+    return Holder(
+        kind=PROXYSERVICE_KIND,
+        namespace=meta.namespace or "",
+        name=meta.name or "",
+        uid=str(meta.uid),
+    )
 
 
 def values_in_use(service: ProxyService) -> tuple[str | None, set[str]]:
@@ -96,7 +101,7 @@ class ServiceSync:
         patch: dict[str, Any] = {}
         ip = service.spec.cluster_ip
         if not ip:
-            got = await self._allocator.allocate("clusterip", self._ips, holder)
+            got = await self._allocator.allocate("clusterip", self._ips, holder=holder)
             if got is None:
                 problems.append(
                     _Problem("ClusterIPRangeFull", f"no free clusterIP left in {self._ips.network}")
@@ -111,7 +116,7 @@ class ServiceSync:
                         f"clusterIP {ip} is not in the service range {self._ips.network}",
                     )
                 )
-            elif (other := await self._allocator.claim("clusterip", ip, holder)) is not None:
+            elif (other := await self._allocator.claim("clusterip", ip, holder=holder)) is not None:
                 problems.append(
                     _Problem("ClusterIPConflict", f"clusterIP {ip} is already allocated to {other}")
                 )
@@ -124,7 +129,7 @@ class ServiceSync:
         for port in service.spec.ports:
             if port.node_port is None:
                 got = await self._allocator.allocate(
-                    "nodeport", self._ports, holder, in_use_by_holder=requested
+                    "nodeport", self._ports, holder=holder, in_use_by_holder=requested
                 )
                 if got is None:
                     problems.append(
@@ -146,7 +151,7 @@ class ServiceSync:
                     )
                 )
             elif (
-                other := await self._allocator.claim("nodeport", str(port.node_port), holder)
+                other := await self._allocator.claim("nodeport", str(port.node_port), holder=holder)
             ) is not None:
                 problems.append(
                     _Problem(
@@ -164,10 +169,10 @@ class ServiceSync:
         ip, ports = values_in_use(service)
         for value in self._allocator.held_by(holder, "clusterip"):
             if value != ip:
-                await self._allocator.release("clusterip", value, holder)
+                await self._allocator.release("clusterip", value, holder=holder)
         for value in self._allocator.held_by(holder, "nodeport"):
             if value not in ports:
-                await self._allocator.release("nodeport", value, holder)
+                await self._allocator.release("nodeport", value, holder=holder)
 
     async def _write_status(self, service: ProxyService, problems: list[_Problem]) -> None:
         meta = service.metadata

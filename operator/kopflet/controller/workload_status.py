@@ -128,9 +128,9 @@ def compute_status(
         if old is None or old.reason != REASON_REVISION_AVAILABLE:
             events.append(
                 StatusEvent(
-                    "Normal",
-                    "RolloutComplete",
-                    f"Revision {revision} is available: {available} of {desired} instances",
+                    type="Normal",
+                    reason="RolloutComplete",
+                    note=f"Revision {revision} is available: {available} of {desired} instances",
                 )
             )
         conditions = set_condition(
@@ -175,7 +175,7 @@ def compute_status(
                     message=note,
                 ),
             )
-            events.append(StatusEvent("Warning", REASON_DEADLINE_EXCEEDED, note))
+            events.append(StatusEvent(type="Warning", reason=REASON_DEADLINE_EXCEEDED, note=note))
         else:
             requeue = left
     status = WorkloadStatus(
