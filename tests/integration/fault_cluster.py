@@ -142,11 +142,14 @@ def is_ready(instance: dict[str, Any]) -> bool:
     return False
 
 
-def node_problems(cluster: FaultCluster, namespace: str) -> list[str]:
-    """Differences between the Instances of ``namespace`` and what runs on the engines."""
+def node_problems(cluster: FaultCluster, namespace: str, selector: str | None = None) -> list[str]:
+    """Differences between the Instances of ``namespace`` and what runs on the engines: no
+    container of a gone Instance, no twin anywhere; every container of the Instances
+    ``selector`` matches (all by default) running."""
     problems: list[str] = []
     instances = cluster.instances(namespace)
     live_by_uid = {i["metadata"]["uid"]: i for i in live(instances)}
+    checked = {i["metadata"]["uid"] for i in live(cluster.instances(namespace, selector))}
     all_uids = {i["metadata"]["uid"] for i in instances}
     for node in cluster.nodes:
         running = Counter[tuple[str, str, str]]()
@@ -165,7 +168,7 @@ def node_problems(cluster: FaultCluster, namespace: str) -> list[str]:
             if count > 1:
                 problems.append(f"{node.name}: {count} running {role} {name} of {uid}")
         for uid, instance in live_by_uid.items():
-            if instance["spec"].get("nodeName") != node.name:
+            if instance["spec"].get("nodeName") != node.name or uid not in checked:
                 continue
             restart = instance["spec"].get("restartPolicy", "Always")
             if restart != "Always":
@@ -210,7 +213,7 @@ def workload_converged(
     not_ready = [i["metadata"]["name"] for i in current if not is_ready(i)]
     if not_ready:
         problems.append(f"not ready: {not_ready}")
-    problems.extend(node_problems(cluster, namespace))
+    problems.extend(node_problems(cluster, namespace, f"app={name}"))
     return problems or None
 
 
