@@ -119,9 +119,10 @@ def test_an_engine_that_stops_answering_keeps_the_capacity_last_known() -> None:
     assert down.capacity == first.capacity
 
 
-def test_userspace_proxy_mode_is_not_reported_as_a_netfilter_mode() -> None:
-    status = node_status(facts(proxy_mode="userspace"), previous=None, now=T0)
-    assert status.node_info is not None and status.node_info.proxy_mode is None
+def test_every_proxy_mode_is_reported_in_node_info() -> None:
+    for mode in ("iptables", "nftables", "userspace"):
+        status = node_status(facts(proxy_mode=mode), previous=None, now=T0)
+        assert status.node_info is not None and status.node_info.proxy_mode == mode
 
 
 def test_architecture_is_spelled_as_kubernetes_does() -> None:

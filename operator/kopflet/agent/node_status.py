@@ -56,11 +56,13 @@ class NodeFacts:
 
 
 def schema_proxy_mode(mode: str | None) -> ProxyMode | None:
-    """The NodeAgent schema knows the netfilter modes only; userspace reports none."""
+    """The mode as the NodeAgent schema names it; an unknown one is not reported."""
     if mode == "iptables":
         return "iptables"
     if mode == "nftables":
         return "nftables"
+    if mode == "userspace":
+        return "userspace"
     return None
 
 

@@ -12,7 +12,7 @@ from kopflet.api.constants import API_VERSION
 from kopflet.api.meta import Condition, ObjectMeta
 
 AddressType = Literal["InternalIP", "ExternalIP", "Hostname"]
-ProxyMode = Literal["iptables", "nftables"]
+ProxyMode = Literal["iptables", "nftables", "userspace"]
 
 
 @dataclass(frozen=True, kw_only=True)
