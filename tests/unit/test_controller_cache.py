@@ -117,3 +117,12 @@ def test_flags_take_durations_and_ranges() -> None:
     assert duration("500ms") == 0.5
     with pytest.raises(SystemExit):
         parse_options(["--node-cidr-size", "8"])
+
+
+def test_objects_deleted_behind_a_relist_are_forgotten_for_good() -> None:
+    cache = ClusterCache.from_objects(instances=[inst("a"), inst("b", node="n1")])
+    before = cache.uids("instances")
+    forgotten = cache.forget_deleted({"u-a", "u-new"}, known_before=before)
+    assert forgotten == 1
+    assert [i.metadata.name for i in cache.all_instances()] == ["a"]
+    assert cache.instance(ObjectKey("ns", "b")) is None and cache.instances_on("n1") == []

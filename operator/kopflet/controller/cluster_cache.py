@@ -42,6 +42,8 @@ class ClusterCache:
         self._services = services
         self._nodes = nodes
         self._leases = leases
+        #: UIDs of objects known to be deleted although the index still holds them.
+        self.ghosts: set[str] = set()
 
     @classmethod
     def from_objects(
@@ -62,15 +64,33 @@ class ClusterCache:
             leases=_build(leases, ix.index_lease),
         )
 
-    @staticmethod
-    def _all(index: Index, key: ix.IndexKey) -> list[Any]:
+    def _all(self, index: Index, key: ix.IndexKey) -> list[Any]:
         found = index.get(key)
-        return list(found) if found else []
+        if not found:
+            return []
+        if not self.ghosts:
+            return list(found)
+        return [o for o in found if _uid(o) not in self.ghosts]
 
-    @staticmethod
-    def _one(index: Index, key: ix.IndexKey) -> Any:
-        found = index.get(key)
-        return next(iter(found), None) if found else None
+    def _one(self, index: Index, key: ix.IndexKey) -> Any:
+        return next(iter(self._all(index, key)), None)
+
+    def forget_deleted(self, live_uids: set[str], *, known_before: set[str]) -> int:
+        """Objects that were cached before a fresh list and are missing from it were deleted
+        while a watch was being re-established (kopf re-lists after a 410 and never hears of
+        them again): hide them for good — UIDs are never reused. Returns how many."""
+        gone = known_before - live_uids
+        self.ghosts |= gone
+        return len(gone)
+
+    def uids(self, kind: str) -> set[str]:
+        index = {
+            "instances": self._instances,
+            "workloads": self._workloads,
+            "proxyservices": self._services,
+            "nodeagents": self._nodes,
+        }[kind]
+        return {_uid(o) for o in index.get(ix.ALL) or ()}
 
     def instance(self, key: ObjectKey) -> Instance | None:
         found: Instance | None = self._one(self._instances, ix.instance_key(*_parts(key)))
@@ -125,3 +145,8 @@ class ClusterCache:
 
 def _parts(key: ObjectKey) -> tuple[str, str]:
     return key.namespace, key.name
+
+
+def _uid(obj: Any) -> str:
+    meta = getattr(obj, "metadata", None)
+    return str(meta.uid) if meta is not None else ""

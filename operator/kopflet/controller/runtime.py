@@ -18,10 +18,12 @@ from loguru import logger
 
 from kopflet.api import ProxyService, find_condition
 from kopflet.api.constants import (
+    INSTANCE_PLURAL,
     NODEAGENT_KIND,
     NODEAGENT_PLURAL,
     PROXYSERVICE_KIND,
     PROXYSERVICE_PLURAL,
+    WORKLOAD_PLURAL,
 )
 from kopflet.controller.allocator import Allocator, Holder
 from kopflet.controller.cluster_cache import ClusterCache, Index
@@ -44,6 +46,8 @@ Body = Mapping[str, Any]
 
 RESYNC_SECONDS = 300.0
 WORKERS = 8
+#: How often the caches are checked against fresh lists for deletions a re-list missed.
+VERIFY_SECONDS = 600.0
 REPAIR_SECONDS = 60.0
 ORPHANS_SECONDS = 30.0
 GAUGES_SECONDS = 15.0
@@ -151,6 +155,7 @@ class ControllerRuntime:
         spawn("repair", self._every(REPAIR_SECONDS, self._repair, first=REPAIR_SECONDS / 2))
         spawn("orphans", self._every(ORPHANS_SECONDS, self.lifecycle.collect_orphans))
         spawn("gauges", self._every(GAUGES_SECONDS, self._gauges, first=0.0))
+        spawn("verify", self._every(VERIFY_SECONDS, self._forget_deleted))
         await self.resync_all()
 
     async def stop(self) -> None:
@@ -268,6 +273,21 @@ class ControllerRuntime:
             return bool(spec.get("instanceCIDR") == value)
         ip, ports = values_in_use(ProxyService.from_dict(obj))
         return value == ip if kind == "clusterip" else value in ports
+
+    async def _forget_deleted(self) -> None:
+        """kopf re-lists after a watch expires (410) but never reports the objects deleted in
+        between; they would linger in the indices for good. Compare with fresh (paginated)
+        lists now and then, and hide what is gone."""
+        cache = self.cache()
+        found = 0
+        for plural in (INSTANCE_PLURAL, WORKLOAD_PLURAL, PROXYSERVICE_PLURAL, NODEAGENT_PLURAL):
+            before = cache.uids(plural)
+            listed = await self.api.list(custom_path(plural))
+            live = {str((o.get("metadata") or {}).get("uid")) for o in listed}
+            found += cache.forget_deleted(live, known_before=before)
+        if found:
+            logger.warning("{} deleted objects lingered in the caches: forgotten", found)
+            await self.resync_all()
 
     async def _gauges(self) -> None:
         cache = self.cache()
