@@ -6,6 +6,7 @@ is refused there, with the holder's name).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -215,9 +216,13 @@ class ServiceSync:
         )
         if status == service.status:
             return
-        await self._api.merge_patch(
-            custom_path(
-                PROXYSERVICE_PLURAL, namespace=meta.namespace, name=meta.name, subresource="status"
-            ),
-            {"status": status.to_dict()},
-        )
+        with contextlib.suppress(NotFound):  # deleted meanwhile: its DELETED event follows
+            await self._api.merge_patch(
+                custom_path(
+                    PROXYSERVICE_PLURAL,
+                    namespace=meta.namespace,
+                    name=meta.name,
+                    subresource="status",
+                ),
+                {"status": status.to_dict()},
+            )

@@ -120,12 +120,18 @@ class WorkloadSync:
         await self._create(workload, key, plan.revision, plan.create, instances)
         result = compute_status(workload, instances, revision=plan.revision, now=now)
         if result.status != workload.status:
-            await self._api.merge_patch(
-                custom_path(
-                    WORKLOAD_PLURAL, namespace=key.namespace, name=key.name, subresource="status"
-                ),
-                {"status": result.status.to_dict()},
-            )
+            try:
+                await self._api.merge_patch(
+                    custom_path(
+                        WORKLOAD_PLURAL,
+                        namespace=key.namespace,
+                        name=key.name,
+                        subresource="status",
+                    ),
+                    {"status": result.status.to_dict()},
+                )
+            except NotFound:
+                return None  # deleted meanwhile: its DELETED event follows
         for event in result.events:
             self._events.record(
                 ref_of(workload),
