@@ -228,7 +228,7 @@ class Bench:
         items: list[dict[str, Any]] = []
         token = None
         while True:
-            page = self.custom.list_namespaced_custom_object(
+            page: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
                 GROUP, VERSION, self.namespace, plural, limit=500, _continue=token
             )
             items += page["items"]
@@ -311,7 +311,11 @@ class Bench:
         pid = self.ensure_controller()
         rss, _ = self.memory(pid)
         log(f"controller pid {pid}: {rss} MiB RSS before the run")
-        self.core.create_namespace({"metadata": {"name": self.namespace}})
+        self.core.create_namespace(
+            kubernetes.client.V1Namespace(
+                metadata=kubernetes.client.V1ObjectMeta(name=self.namespace)
+            )
+        )
         self.make_nodes()
         if args.ready:
             threading.Thread(target=self._stand_in_agent, daemon=True).start()

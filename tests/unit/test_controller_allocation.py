@@ -111,7 +111,7 @@ POOL = AddressPool.parse("10.96.0.0/24")
 def test_concurrent_allocations_by_two_controllers_are_all_distinct() -> None:
     async def scenario() -> tuple[list[str | None], RecordStore]:
         store = RecordStore()
-        first, second = Allocator(store), Allocator(store)  # type: ignore[arg-type]
+        first, second = Allocator(store), Allocator(store)
         await first.load()
         await second.load()
         results = await asyncio.gather(
@@ -130,10 +130,10 @@ def test_concurrent_allocations_by_two_controllers_are_all_distinct() -> None:
 def test_a_restarted_allocator_sees_every_allocation_and_never_hands_one_out_twice() -> None:
     async def scenario() -> tuple[str | None, str | None, str | None]:
         store = RecordStore()
-        before = Allocator(store)  # type: ignore[arg-type]
+        before = Allocator(store)
         await before.load()
         taken = await before.allocate("clusterip", POOL, holder=holder(1))
-        after = Allocator(store)  # type: ignore[arg-type]
+        after = Allocator(store)
         await after.load()
         again = await after.allocate("clusterip", POOL, holder=holder(1))  # its spec write was lost
         fresh = await after.allocate("clusterip", POOL, holder=holder(2))
@@ -146,7 +146,7 @@ def test_a_restarted_allocator_sees_every_allocation_and_never_hands_one_out_twi
 def test_a_requested_value_held_by_another_is_refused_with_its_holder() -> None:
     async def scenario() -> tuple[Holder | None, Holder | None]:
         store = RecordStore()
-        allocator = Allocator(store)  # type: ignore[arg-type]
+        allocator = Allocator(store)
         await allocator.load()
         granted = await allocator.claim("nodeport", "30080", holder=holder(1))
         refused = await allocator.claim("nodeport", "30080", holder=holder(2))
@@ -159,7 +159,7 @@ def test_a_requested_value_held_by_another_is_refused_with_its_holder() -> None:
 def test_a_recreated_object_of_the_same_name_takes_over_its_old_records() -> None:
     async def scenario() -> Holder | None:
         store = RecordStore()
-        allocator = Allocator(store)  # type: ignore[arg-type]
+        allocator = Allocator(store)
         await allocator.load()
         await allocator.claim("clusterip", "10.96.0.9", holder=holder(1))
         reborn = Holder(kind="ProxyService", namespace="ns", name="svc-1", uid="new-uid")
@@ -171,7 +171,7 @@ def test_a_recreated_object_of_the_same_name_takes_over_its_old_records() -> Non
 def test_repair_releases_only_records_no_holder_uses() -> None:
     async def scenario() -> tuple[int, set[str]]:
         store = RecordStore()
-        allocator = Allocator(store)  # type: ignore[arg-type]
+        allocator = Allocator(store)
         for n in range(3):
             await allocator.claim("clusterip", f"10.96.0.{n + 1}", holder=holder(n))
 
@@ -190,7 +190,7 @@ def test_repair_releases_only_records_no_holder_uses() -> None:
 def test_an_exhausted_pool_allocates_nothing() -> None:
     async def scenario() -> str | None:
         store = RecordStore()
-        allocator = Allocator(store)  # type: ignore[arg-type]
+        allocator = Allocator(store)
         tiny = AddressPool.parse("10.96.0.0/30")
         await allocator.allocate("clusterip", tiny, holder=holder(1))
         await allocator.allocate("clusterip", tiny, holder=holder(2))

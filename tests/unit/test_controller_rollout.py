@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kopflet.api import Instance, Workload
+from kopflet.api import Instance, Timestamp, Workload, format_timestamp
 from kopflet.api.constants import TEMPLATE_HASH_LABEL
 from kopflet.controller.instance_state import is_available, is_terminating
 from kopflet.controller.rollout import deletion_order, plan_rollout
@@ -22,8 +22,8 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 _counter = itertools.count()
 
 
-def stamp(seconds_ago: float) -> str:
-    return (NOW - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+def stamp(seconds_ago: float) -> Timestamp:
+    return format_timestamp(NOW - timedelta(seconds=seconds_ago))
 
 
 def make_workload(

@@ -195,7 +195,7 @@ def test_a_burst_of_binds_in_flight_never_overcommits_a_node() -> None:
             nodes=[agent("small", memory="160Mi"), agent("tiny", memory="32Mi")],
             instances=[unbound(n) for n in range(25)],
         )
-        scheduler = Scheduler(lambda: cache, api, EventRecorder(api, instance="test"))  # type: ignore[arg-type]
+        scheduler = Scheduler(lambda: cache, api, EventRecorder(api, instance="test"))
         # Several passes while the binds are still in flight and the cache still shows every
         # Instance unbound: the assumed bindings must keep them from being decided twice.
         for _ in range(3):
@@ -214,7 +214,7 @@ def test_a_refused_bind_frees_its_capacity_for_the_next_pass() -> None:
         api.refuse = {"i-0"}
         nodes = [agent("one", memory="16Mi")]
         caches = [ClusterCache.from_objects(nodes=nodes, instances=[unbound(0), unbound(1)])]
-        scheduler = Scheduler(lambda: caches[-1], api, EventRecorder(api, instance="test"))  # type: ignore[arg-type]
+        scheduler = Scheduler(lambda: caches[-1], api, EventRecorder(api, instance="test"))
         await scheduler.schedule_pending()
         await asyncio.sleep(0.1)
         # i-0 was deleted meanwhile (hence the refusal); the watch has caught up.

@@ -55,7 +55,7 @@ def run(api: Api, cache: ClusterCache, passes: int) -> None:
         sync = WorkloadSync(
             lambda: cache,
             api,
-            EventRecorder(api, instance="t"),  # type: ignore[arg-type]
+            EventRecorder(api, instance="t"),
             now=lambda: NOW,
         )
         for _ in range(passes):
