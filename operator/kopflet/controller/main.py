@@ -99,7 +99,11 @@ def main(argv: Sequence[str]) -> int:
     configure_logging(format=options.log_format, level=options.log_level)
     me = identity()
     logger.info("kopflet controller {} starting as {}", __version__, me)
-    configuration = load_client_configuration(options.kubeconfig)
+    try:
+        configuration = load_client_configuration(options.kubeconfig)
+    except (kubernetes.config.ConfigException, OSError) as error:
+        logger.error("no credentials: {} (pass --kubeconfig outside a cluster)", error)
+        return 2
     metrics = ControllerMetrics()
     health = HealthState()
     serve_health(health, host=options.bind_address, port=options.health_port)
