@@ -295,13 +295,13 @@ def test_unschedulable_instance_reports_why_and_is_bound_once_a_node_fits(
 
     def reported() -> str | None:
         for item in instances_of(admin, namespace, "big"):
-            scheduled = condition(item, "InstanceScheduled")
+            scheduled = condition(item, "Scheduled")
             if scheduled and scheduled["status"] == "False":
                 assert scheduled["reason"] == "Unschedulable"
                 return str(scheduled["message"])
         return None
 
-    message = wait_for(reported, timeout=30, message="InstanceScheduled=False", diagnose=diagnose)
+    message = wait_for(reported, timeout=30, message="Scheduled=False", diagnose=diagnose)
     assert message.startswith("0/")
     assert "1 insufficient memory" in message
     assert "not ready" in message
@@ -351,7 +351,7 @@ def test_binding_never_overcommits_a_node_under_a_burst(
             sum(
                 1
                 for i in instances_of(admin, namespace, "burst")
-                if (condition(i, "InstanceScheduled") or {}).get("status") == "False"
+                if (condition(i, "Scheduled") or {}).get("status") == "False"
             )
             == 15
         ),

@@ -101,7 +101,7 @@ def test_running_container_without_readiness_probe_is_ready() -> None:
     }
     conditions = {c.type: c.status for c in status.conditions or ()}
     assert conditions == {
-        "InstanceScheduled": "True",
+        "Scheduled": "True",
         "Initialized": "True",
         "ContainersReady": "True",
         "Ready": "True",

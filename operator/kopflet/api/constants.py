@@ -37,7 +37,7 @@ INSTANCE_NODE_NAME_FIELD: Final = "spec.nodeName"
 # Condition types, as in the core API.
 CONDITION_READY: Final = "Ready"
 CONDITION_CONTAINERS_READY: Final = "ContainersReady"
-CONDITION_INSTANCE_SCHEDULED: Final = "InstanceScheduled"
+CONDITION_SCHEDULED: Final = "Scheduled"
 CONDITION_INITIALIZED: Final = "Initialized"
 CONDITION_AVAILABLE: Final = "Available"
 CONDITION_PROGRESSING: Final = "Progressing"

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from loguru import logger
 
 from kopflet.api import Condition, Instance, find_condition, set_condition
-from kopflet.api.constants import CONDITION_INSTANCE_SCHEDULED, INSTANCE_PLURAL, NODE_NAME_LABEL
+from kopflet.api.constants import CONDITION_SCHEDULED, INSTANCE_PLURAL, NODE_NAME_LABEL
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder, ref_of
 from kopflet.controller.instance_state import (
@@ -225,13 +225,13 @@ class Scheduler:
                 note=f"Successfully assigned {key} to {node}",
             )
             conditions = instance.status.conditions if instance.status else None
-            if find_condition(conditions, CONDITION_INSTANCE_SCHEDULED) is None:
+            if find_condition(conditions, CONDITION_SCHEDULED) is None:
                 return  # nothing stale to correct: the agent reports the condition from here on
             await self._set_scheduled(
                 instance,
                 resource_version=str((bound.get("metadata") or {}).get("resourceVersion", "")),
                 condition=Condition(
-                    type=CONDITION_INSTANCE_SCHEDULED,
+                    type=CONDITION_SCHEDULED,
                     status="True",
                     reason="Scheduled",
                     message=f"Bound to {node}",
@@ -240,7 +240,7 @@ class Scheduler:
 
     async def _unschedulable(self, instance: Instance, message: str) -> None:
         conditions = instance.status.conditions if instance.status else None
-        current = find_condition(conditions, CONDITION_INSTANCE_SCHEDULED)
+        current = find_condition(conditions, CONDITION_SCHEDULED)
         if (
             current is not None
             and current.status == "False"
@@ -259,7 +259,7 @@ class Scheduler:
             instance,
             resource_version=instance.metadata.resource_version or "",
             condition=Condition(
-                type=CONDITION_INSTANCE_SCHEDULED,
+                type=CONDITION_SCHEDULED,
                 status="False",
                 reason=REASON_UNSCHEDULABLE,
                 message=message,

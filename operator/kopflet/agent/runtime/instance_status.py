@@ -31,8 +31,8 @@ from kopflet.api import (
 from kopflet.api.constants import (
     CONDITION_CONTAINERS_READY,
     CONDITION_INITIALIZED,
-    CONDITION_INSTANCE_SCHEDULED,
     CONDITION_READY,
+    CONDITION_SCHEDULED,
 )
 
 CONTAINER_CREATING = "ContainerCreating"
@@ -197,7 +197,7 @@ def compute_instance_status(
         containers_ready = Condition(type=CONDITION_CONTAINERS_READY, status="True")
     conditions = previous.conditions if previous else None
     for condition in (
-        Condition(type=CONDITION_INSTANCE_SCHEDULED, status="True"),
+        Condition(type=CONDITION_SCHEDULED, status="True"),
         Condition(type=CONDITION_INITIALIZED, status="True"),
         containers_ready,
         ready,

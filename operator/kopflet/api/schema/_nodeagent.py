@@ -75,7 +75,8 @@ def nodeagent_crd() -> dict[str, Any]:
                     "kernelVersion": string("Kernel version.", max_length=128),
                     "agentVersion": string("kopflet agent version.", max_length=128),
                     "proxyMode": string(
-                        "How service rules are programmed.", enum=["iptables", "nftables", "userspace"]
+                        "How service rules are programmed.",
+                        enum=["iptables", "nftables", "userspace"],
                     ),
                     "osImage": string("Operating system of the node.", max_length=256),
                     "architecture": string("CPU architecture, like amd64.", max_length=32),
