@@ -81,9 +81,18 @@ def test_missing_go_is_a_clear_error_naming_what_to_install(
 def test_clusters_of_different_index_share_no_name_port_or_subnet() -> None:
     a, b = ClusterConfig(name="a", index=0), ClusterConfig(name="b", index=1)
     assert a.bridge != b.bridge and a.bridge_network != b.bridge_network
-    assert {a.etcd_client_port, a.etcd_peer_port, a.apiserver_port}.isdisjoint(
-        {b.etcd_client_port, b.etcd_peer_port, b.apiserver_port}
-    )
+
+    def ports(c: ClusterConfig) -> set[int]:
+        return {
+            c.etcd_client_port,
+            c.etcd_peer_port,
+            c.apiserver_port,
+            c.controller_manager_port,
+            c.controller_metrics_port,
+            c.controller_health_port,
+        }
+
+    assert len(ports(a)) == 6 and ports(a).isdisjoint(ports(b))
     assert {n.netns for n in a.node_configs()}.isdisjoint(n.netns for n in b.node_configs())
 
 

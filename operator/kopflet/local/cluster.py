@@ -172,6 +172,11 @@ def _start_cluster(config: ClusterConfig, supervisor: Supervisor, *, should_stop
                     "controller",
                     "--kubeconfig",
                     str(kubeconfigs[bootstrap.CONTROLLER_SERVICE_ACCOUNT]),
+                    # The controller runs on the host: ports of its own per cluster.
+                    "--metrics-port",
+                    str(config.controller_metrics_port),
+                    "--health-port",
+                    str(config.controller_health_port),
                 ),
                 log_file=config.log_dir / "controller.log",
             ),

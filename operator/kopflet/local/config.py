@@ -82,6 +82,14 @@ class ClusterConfig:
         return 10257 + 10 * self.index
 
     @property
+    def controller_metrics_port(self) -> int:
+        return 10290 + 100 * self.index
+
+    @property
+    def controller_health_port(self) -> int:
+        return 10291 + 100 * self.index
+
+    @property
     def apiserver_url(self) -> str:
         return f"https://{self.host_address}:{self.apiserver_port}"
 
