@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["at_most", "at_least"]
 #: How the repetitions of one figure make the figure: their median, or (for latencies whose
@@ -130,6 +130,26 @@ class Result:
         if self.note:
             parts.append(self.note)
         return " | ".join(parts)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Result:
+        """The inverse of :meth:`record` (what ``--results`` files hold)."""
+        target = data.get("target")
+        base_spread = data.get("baseline_spread")
+        return cls(
+            bench=str(data["bench"]),
+            case=str(data["case"]),
+            figure_name=str(data["figure_name"]),
+            unit=str(data["unit"]),
+            figure=float(data["figure"]),
+            spread=Summary(**data["spread"]),
+            baseline_name=data.get("baseline_name"),
+            baseline=data.get("baseline"),
+            baseline_spread=Summary(**base_spread) if base_spread else None,
+            target=Target(**target) if target else None,
+            extra=dict(data.get("extra") or {}),
+            note=str(data.get("note") or ""),
+        )
 
     def record(self) -> dict[str, object]:
         data = asdict(self)

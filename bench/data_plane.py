@@ -1,0 +1,467 @@
+"""Bench #4: the data plane -- new connections/s and MB/s through a virtual IP and a node port,
+against the same client straight to the instance's IP.
+
+On the bench cluster: one server Instance on the second node (busybox ``httpd`` for short
+connections, ``nc -l`` into /dev/null for bulk), one NodePort ProxyService over it. The client
+(this file, ``--client``: asyncio, fixed duration and concurrency) runs
+
+* in the first node's namespace, through the rules its agent programmed (the cluster's proxy
+  mode): direct to the instance IP, to the virtual IP, and to the second node's node port;
+* for each other mode (``--modes``, default nftables and userspace), in a namespace of the
+  bench's own on the cluster bridge, where this file (``--proxy``) runs the agent's
+  ``ProxyEngine`` in that mode, fed the same ProxyService and NodeAgents from the API: direct
+  and virtual IP.
+
+Paths are interleaved within each repetition, so load on the shared machine hits them alike.
+Traffic goes only to the cluster's own namespaces and bridge. Target (issue 8): iptables and
+nftables >= 0.9 of direct; userspace reported.
+
+    python bench/data_plane.py --seconds 3 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_cluster import IMAGE, BenchCluster, as_dict, condition_true, wait_until
+from bench_results import Reporter, Summary, Target, result_of
+
+from kopflet.api.constants import (
+    GROUP,
+    INSTANCE_PLURAL,
+    NODEAGENT_PLURAL,
+    PROXYSERVICE_PLURAL,
+    VERSION,
+)
+
+HTTP_PORT = 8080
+BULK_PORT = 9000
+#: The bench's own namespace on the cluster bridge: a client "node" with an engine of ours.
+CLIENT_NETNS_SUFFIX = "bench-client"
+CLIENT_HOST_OCTET = 200
+REQUEST = b"GET /etc/passwd HTTP/1.0\r\n\r\n"
+CHUNK = b"\0" * (256 * 1024)
+
+
+# -- the client, run inside a namespace --------------------------------------------------------
+
+
+async def _connections(host: str, port: int, *, seconds: float, concurrency: int) -> int:
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            writer.write(REQUEST)
+            await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def _bulk(host: str, port: int, *, seconds: float) -> int:
+    sent = 0
+    with socket.create_connection((host, port), timeout=10) as sock:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            sock.sendall(CHUNK)
+            sent += len(CHUNK)
+    return sent
+
+
+def client_main(args: argparse.Namespace) -> None:
+    host, port = args.client[0], int(args.client[1])
+    started = time.monotonic()
+    if args.kind == "conn":
+        count = asyncio.run(
+            _connections(host, port, seconds=args.seconds, concurrency=args.concurrency)
+        )
+        rate = count / (time.monotonic() - started)
+    else:
+        sent = _bulk(host, port, seconds=args.seconds)
+        rate = sent / (time.monotonic() - started) / 1e6
+    print(json.dumps({"rate": rate}), flush=True)
+
+
+# -- the engine of another mode, run inside the bench's own namespace --------------------------
+
+
+def proxy_main(args: argparse.Namespace) -> None:
+    """Run the agent's ProxyEngine here, fed once from the API, until SIGTERM."""
+    from kopflet.agent.proxy import ProxyEngine, ProxyMetrics
+
+    cluster = BenchCluster()
+    engine = ProxyEngine(
+        node_name="bench-client", mode=args.proxy, metrics=ProxyMetrics(registry=None)
+    )
+    for node in as_dict(
+        cluster.custom.list_cluster_custom_object(GROUP, VERSION, NODEAGENT_PLURAL)
+    )["items"]:
+        engine.on_node(None, node)
+    for service in as_dict(
+        cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, args.namespace, PROXYSERVICE_PLURAL
+        )
+    )["items"]:
+        engine.on_service(None, service)
+    engine.mark_initial_lists_complete()
+
+    async def serve() -> None:
+        if not await engine.sync_now():
+            raise SystemExit("the first sync failed")
+        print("synced", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        runner = asyncio.create_task(engine.run())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=args.proxy_timeout)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(serve())
+
+
+# -- the orchestration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientTarget:
+    """Where a client runs and what it connects to."""
+
+    label: str
+    netns: Path
+    host: str
+    http_port: int
+    bulk_port: int
+
+
+def in_netns(netns: Path, argv: Sequence[str]) -> list[str]:
+    return ["nsenter", f"--net={netns}", "--", sys.executable, __file__, *argv]
+
+
+def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) -> float:
+    port = path.http_port if kind == "conn" else path.bulk_port
+    done = subprocess.run(
+        in_netns(
+            path.netns,
+            [
+                "--client",
+                path.host,
+                str(port),
+                "--kind",
+                kind,
+                "--seconds",
+                str(seconds),
+                "--concurrency",
+                str(concurrency),
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"client {kind} via {path.label} failed: {done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+
+
+def server_instance(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Instance",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "http",
+                    "image": IMAGE,
+                    "command": ["httpd", "-f", "-p", str(HTTP_PORT), "-h", "/"],
+                    "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                },
+                {
+                    "name": "bulk",
+                    "image": IMAGE,
+                    "command": [
+                        "sh",
+                        "-c",
+                        f"while true; do nc -l -p {BULK_PORT} > /dev/null; done",
+                    ],
+                    "ports": [{"name": "bulk", "containerPort": BULK_PORT}],
+                },
+            ],
+        },
+    }
+
+
+def proxy_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProxyService",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": name},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http"},
+                {"name": "bulk", "port": BULK_PORT, "targetPort": "bulk"},
+            ],
+        },
+    }
+
+
+@contextlib.contextmanager
+def client_namespace(cluster: BenchCluster) -> Iterator[Path]:
+    """A namespace of ours on the cluster bridge, addressed like one more node."""
+    config = cluster.config
+    name = f"kopflet{config.index}-{CLIENT_NETNS_SUFFIX}"
+    link = f"kf{config.index}bc"
+    address = f"{config.bridge_network.network_address + CLIENT_HOST_OCTET}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        path = Path("/run/netns") / name
+        subprocess.run(
+            ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", name],
+            check=True,
+        )
+        subprocess.run(["ip", "link", "set", link, "master", config.bridge, "up"], check=True)
+        for argv in (
+            ["ip", "addr", "add", f"{address}/{config.bridge_network.prefixlen}", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+            # As on the nodes: the kernel routes a packet before netfilter rewrites it, so a
+            # virtual IP needs a route, any route.
+            ["ip", "route", "add", "default", "via", config.host_address],
+        ):
+            subprocess.run(["nsenter", f"--net={path}", "--", *argv], check=True)
+        yield path
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def engine_in(netns: Path, *, mode: str, namespace: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        in_netns(netns, ["--proxy", mode, "--namespace", namespace]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not line.startswith("synced"):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise SystemExit(f"the {mode} engine exited with {proc.returncode}")
+        if not line.startswith("synced"):
+            raise SystemExit(f"the {mode} engine did not sync within 120 s")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wait_service(cluster: BenchCluster, namespace: str, name: str) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = as_dict(
+            cluster.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PROXYSERVICE_PLURAL, name
+            )
+        )
+        endpoints = (obj.get("status") or {}).get("endpoints") or []
+        if obj["spec"].get("clusterIP") and any(e.get("ready") for e in endpoints):
+            return obj
+        return None
+
+    found: dict[str, Any] = wait_until(ready, timeout=120, what=f"ProxyService {name} endpoints")
+    return found
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> None:
+    cluster = BenchCluster()
+    cluster.up()
+    client_node, server_node = cluster.config.node(1), cluster.config.node(2)
+    name = "dp-server"
+    samples: dict[tuple[str, str], list[float]] = {}
+    with cluster.namespace("bench-dataplane") as namespace:
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, INSTANCE_PLURAL, server_instance(name, server_node.name)
+        )
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PROXYSERVICE_PLURAL, proxy_service(name)
+        )
+        instance = wait_until(
+            lambda: _ready_instance(cluster, namespace, name),
+            timeout=120,
+            what="the server Instance Ready",
+        )
+        service = wait_service(cluster, namespace, name)
+        instance_ip = instance["status"]["instanceIP"]
+        vip = service["spec"]["clusterIP"]
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        # The agents program rules within about a second of the endpoints; give them that.
+        time.sleep(3)
+        agent_paths = [
+            ClientTarget("direct", client_node.netns_path, instance_ip, HTTP_PORT, BULK_PORT),
+            ClientTarget("virtual IP", client_node.netns_path, vip, 80, BULK_PORT),
+            ClientTarget(
+                "node port",
+                client_node.netns_path,
+                server_node.address,
+                ports["http"]["nodePort"],
+                ports["bulk"]["nodePort"],
+            ),
+        ]
+        cluster_mode = _proxy_mode(cluster, client_node.name)
+        groups: list[tuple[str, list[ClientTarget]]] = [(cluster_mode, agent_paths)]
+        groups += [(mode, []) for mode in args.modes if mode != cluster_mode]
+        with client_namespace(cluster) as own:
+            for mode, paths in groups:
+                if not paths:
+                    paths = [
+                        ClientTarget("direct", own, instance_ip, HTTP_PORT, BULK_PORT),
+                        ClientTarget("virtual IP", own, vip, 80, BULK_PORT),
+                    ]
+                    context: contextlib.AbstractContextManager[None] = engine_in(
+                        own, mode=mode, namespace=namespace
+                    )
+                else:
+                    context = contextlib.nullcontext()
+                with context:
+                    for round_ in range(args.repeat):
+                        for kind in ("conn", "bulk"):
+                            # Rotate the order each round: no path always runs first.
+                            shift = round_ % len(paths)
+                            for path in paths[shift:] + paths[:shift]:
+                                rate = measure(
+                                    path,
+                                    kind,
+                                    seconds=args.seconds,
+                                    concurrency=args.concurrency,
+                                )
+                                samples.setdefault((f"{mode}|{path.label}", kind), []).append(rate)
+                where = (
+                    "the agents' own rules, node to node"
+                    if paths is agent_paths
+                    else "the agent's engine in a namespace of the bench's"
+                )
+                report(reporter, mode=mode, where=where, paths=paths, samples=samples, args=args)
+
+
+def report(
+    reporter: Reporter,
+    *,
+    mode: str,
+    where: str,
+    paths: Sequence[ClientTarget],
+    samples: dict[tuple[str, str], list[float]],
+    args: argparse.Namespace,
+) -> None:
+    for kind, unit, figure in (("conn", "conn/s", "new connections/s"), ("bulk", "MB/s", "MB/s")):
+        direct = samples[(f"{mode}|direct", kind)]
+        for path in paths[1:]:
+            through = samples[(f"{mode}|{path.label}", kind)]
+            target = (
+                Target(">= 0.9 of direct", 0.9, direction="at_least", on="ratio")
+                if mode in ("iptables", "nftables")
+                else None
+            )
+            reporter.report(
+                result_of(
+                    bench="4",
+                    case=f"{figure} through the {path.label}, {mode} ({where})",
+                    figure_name=figure,
+                    unit=unit,
+                    per_run=through,
+                    baseline_name="same client straight to the instance IP",
+                    baseline_per_run=direct,
+                    target=target,
+                    extra={
+                        # Each round measured every path back to back: the ratio within a
+                        # round is the one least disturbed by the machine's other load.
+                        "ratio within a round, median": f"{paired_ratio(through, direct):.2f}",
+                    },
+                    note=(
+                        f"{args.concurrency} connections in parallel"
+                        if kind == "conn"
+                        else "one connection"
+                    ),
+                )
+            )
+
+
+def paired_ratio(through: Sequence[float], direct: Sequence[float]) -> float:
+    return Summary.of(t / d for t, d in zip(through, direct, strict=True) if d).median
+
+
+def _ready_instance(cluster: BenchCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    obj = as_dict(
+        cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, INSTANCE_PLURAL, name
+        )
+    )
+    if condition_true(obj, "Ready") and (obj.get("status") or {}).get("instanceIP"):
+        return obj
+    return None
+
+
+def _proxy_mode(cluster: BenchCluster, node: str) -> str:
+    obj = as_dict(cluster.custom.get_cluster_custom_object(GROUP, VERSION, NODEAGENT_PLURAL, node))
+    info = (obj.get("status") or {}).get("nodeInfo") or {}
+    return str(info.get("proxyMode") or "iptables")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds over every path")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel connections")
+    parser.add_argument("--modes", nargs="*", default=["nftables", "userspace"])
+    parser.add_argument("--results", type=Path, help="append JSON records here")
+    # Internal: the two roles this file plays inside a network namespace.
+    parser.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--kind", choices=("conn", "bulk"), help=argparse.SUPPRESS)
+    parser.add_argument("--proxy", help=argparse.SUPPRESS)
+    parser.add_argument("--namespace", help=argparse.SUPPRESS)
+    parser.add_argument("--proxy-timeout", type=float, default=1800, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        client_main(args)
+    elif args.proxy:
+        proxy_main(args)
+    else:
+        if os.geteuid() != 0:
+            raise SystemExit("needs root (network namespaces)")
+        run(args, Reporter(args.results))
+
+
+if __name__ == "__main__":
+    main()

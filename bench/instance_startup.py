@@ -1,0 +1,220 @@
+"""Benches #1, #2 and #5 (agent): Instance startup latency, burst throughput, agent memory.
+
+On the bench cluster (3 nodes), for each count (default 30 and 300, i.e. up to 100 per node):
+
+* ours: create ``count`` Instances (unbound: the controller's scheduler binds them) with
+  ``--concurrency`` client threads; per Instance, the time from sending its create to seeing it
+  Ready through a watch -- the Kubernetes pod-startup SLI; the burst's wall time from the first
+  create to the last Ready is the throughput figure (#2);
+* baseline, same run, same engines, same client concurrency: ``docker run -d`` of the same image
+  and command (create + start through the Engine API, on a bridge network of its own so each
+  container gets a veth as an instance does), per container from request to running, and the
+  wall time of the whole burst.
+
+After the largest burst is Ready, each agent's
+RSS is read (#5); before the first burst, at 0 Instances.
+
+Targets (issue 8): p99 <= 5 s at 100 Instances per node; p50 overhead over bare Docker <= 0.5 s;
+burst wall time <= 1.5 x bare; agent RSS <= 100 MB at 100 Instances.
+
+    python bench/instance_startup.py --counts 30 300 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench_cluster import (
+    BenchCluster,
+    InstanceWatch,
+    bare_docker_run,
+    cpu_seconds,
+    remove_bare,
+    rss_bytes,
+)
+from bench_results import Reporter, Summary, Target, fmt, percentile, result_of
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Runs:
+    """Per-repetition figures of one count, ours and the baseline's."""
+
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    #: created -> bound by the scheduler (the controller's share of the latency).
+    bind_p50: list[float] = field(default_factory=list)
+    bare_p50: list[float] = field(default_factory=list)
+    bare_p99: list[float] = field(default_factory=list)
+    bare_wall: list[float] = field(default_factory=list)
+    per_node: Counter[str] = field(default_factory=Counter)
+    #: CPU seconds per Instance the agents (all nodes) and the controller used in a burst.
+    agent_cpu: list[float] = field(default_factory=list)
+    controller_cpu: list[float] = field(default_factory=list)
+    #: The engines' own CPU seconds per Instance (two containers) and per bare container.
+    dockerd_cpu: list[float] = field(default_factory=list)
+    bare_dockerd_cpu: list[float] = field(default_factory=list)
+    agent_rss: list[float] = field(default_factory=list)
+
+
+def run_ours(cluster: BenchCluster, count: int, runs: Runs, *, sample_memory: bool) -> None:
+    with cluster.namespace("bench-startup") as namespace, InstanceWatch(cluster, namespace) as w:
+        names = [f"i-{i:04d}" for i in range(count)]
+        cpu_before = component_cpu(cluster)
+        sent = cluster.create_instances(namespace, names)
+        w.wait_ready(names, timeout=120 + 2.0 * count)
+        cpu_after = component_cpu(cluster)
+        runs.agent_cpu.append((cpu_after[0] - cpu_before[0]) / count)
+        runs.controller_cpu.append((cpu_after[1] - cpu_before[1]) / count)
+        runs.dockerd_cpu.append((cpu_after[2] - cpu_before[2]) / count)
+        latencies = [w.ready_at[n] - sent[n] for n in names]
+        runs.p50.append(percentile(latencies, 0.5))
+        runs.p99.append(percentile(latencies, 0.99))
+        runs.bind_p50.append(percentile([w.bound_at[n] - sent[n] for n in names], 0.5))
+        runs.wall.append(max(w.ready_at[n] for n in names) - min(sent.values()))
+        runs.per_node = Counter(w.node_of.get(n, "?") for n in names)
+        if sample_memory:
+            # Steady state, not the peak of the burst: what a node holding them keeps using.
+            time.sleep(5)
+            runs.agent_rss.append(max_agent_rss(cluster))
+
+
+def run_bare(cluster: BenchCluster, count: int, runs: Runs) -> None:
+    cpu_before = component_cpu(cluster)[2]
+    try:
+        latency, wall = bare_docker_run(cluster, count)
+        runs.bare_dockerd_cpu.append((component_cpu(cluster)[2] - cpu_before) / count)
+    finally:
+        remove_bare(cluster)
+    runs.bare_p50.append(percentile(list(latency.values()), 0.5))
+    runs.bare_p99.append(percentile(list(latency.values()), 0.99))
+    runs.bare_wall.append(wall)
+
+
+def component_cpu(cluster: BenchCluster) -> tuple[float, float, float]:
+    """CPU seconds used so far by all agents together, the controller, and all dockerds."""
+    agents, controller, engines = (
+        sum(cpu_seconds(pid) for pid in cluster.component_pids(name).values())
+        for name in ("agent", "controller", "dockerd")
+    )
+    return agents, controller, engines
+
+
+def max_agent_rss(cluster: BenchCluster) -> float:
+    pids = cluster.component_pids("agent")
+    return max(rss_bytes(pid) for pid in pids.values()) / MB
+
+
+def report(reporter: Reporter, cluster: BenchCluster, count: int, runs: Runs) -> None:
+    nodes = cluster.config.nodes
+    per_node = count / nodes
+    spread = "/".join(str(runs.per_node[n]) for n in sorted(runs.per_node))
+    case = f"{count} Instances over {nodes} nodes ({spread}), concurrency {cluster.concurrency}"
+    at_slo_density = per_node >= 100
+    reporter.report(
+        result_of(
+            bench="1",
+            case=f"startup p50, {case}",
+            figure_name="created->Ready p50",
+            unit="s",
+            per_run=runs.p50,
+            baseline_name="bare docker run -d p50",
+            baseline_per_run=runs.bare_p50,
+            target=Target("p50 overhead <= 0.5 s", 0.5, on="overhead"),
+            extra={"of which created->bound p50": fmt(Summary.of(runs.bind_p50).median, "s")},
+        )
+    )
+    reporter.report(
+        result_of(
+            bench="1",
+            case=f"startup p99, {case}",
+            figure_name="created->Ready p99",
+            unit="s",
+            per_run=runs.p99,
+            baseline_name="bare docker run -d p99",
+            baseline_per_run=runs.bare_p99,
+            target=Target("p99 <= 5 s at 100 per node", 5.0) if at_slo_density else None,
+        )
+    )
+    reporter.report(
+        result_of(
+            bench="2",
+            case=f"throughput, {case}, zero to all Ready",
+            figure_name="wall time",
+            unit="s",
+            per_run=runs.wall,
+            baseline_name="bare parallel docker run",
+            baseline_per_run=runs.bare_wall,
+            target=Target("ratio <= 1.5", 1.5, on="ratio") if count >= 300 else None,
+            extra={
+                "ours": f"{count / max(min(runs.wall), 1e-9):.1f} Instances/s at best",
+                "bare": f"{count / max(min(runs.bare_wall), 1e-9):.1f} containers/s at best",
+                "CPU per Instance": (
+                    f"agents {Summary.of(runs.agent_cpu).median * 1000:.0f} ms,"
+                    f" controller {Summary.of(runs.controller_cpu).median * 1000:.0f} ms,"
+                    f" dockerd {Summary.of(runs.dockerd_cpu).median * 1000:.0f} ms"
+                    f" (bare: dockerd {Summary.of(runs.bare_dockerd_cpu).median * 1000:.0f} ms"
+                    " per container)"
+                ),
+            },
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[30, 300])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=30)
+    parser.add_argument("--results", type=Path, help="append JSON records here")
+    args = parser.parse_args(argv)
+    reporter = Reporter(args.results)
+    cluster = BenchCluster(concurrency=args.concurrency)
+    cluster.up()
+    idle_rss = [max_agent_rss(cluster)]
+    # Untimed: the first container on an engine and the first network attach cost extra.
+    run_bare(cluster, cluster.config.nodes, Runs())
+    run_ours(cluster, cluster.config.nodes, Runs(), sample_memory=False)
+    largest = max(args.counts)
+    all_runs: dict[int, Runs] = {}
+    for count in args.counts:
+        runs = all_runs[count] = Runs()
+        for rep in range(args.repeat):
+            # Alternate which side goes first, so drifting load on the shared machine does
+            # not always favour the same one.
+            if rep % 2 == 0:
+                run_bare(cluster, count, runs)
+            run_ours(cluster, count, runs, sample_memory=count == largest)
+            if rep % 2 == 1:
+                run_bare(cluster, count, runs)
+        report(reporter, cluster, count, runs)
+    per_node = largest // cluster.config.nodes
+    for label, values, target in (
+        ("0 Instances", idle_rss, None),
+        (
+            f"{per_node} Instances per node",
+            all_runs[largest].agent_rss,
+            Target("<= 100 MB at 100", 100.0) if per_node >= 100 else None,
+        ),
+    ):
+        reporter.report(
+            result_of(
+                bench="5",
+                case=f"agent RSS (largest of {cluster.config.nodes} agents), {label}",
+                figure_name="RSS",
+                unit="MB",
+                per_run=values,
+                target=target,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
