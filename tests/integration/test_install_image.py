@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import yaml
 
 import kopflet
 from conftest import TestCluster
+from kopflet.local.bootstrap import service_account_token
 from kopflet.local.build_engine import BuildEngine
 from kopflet.local.mirror_proxy import mirror_proxy
 from kopflet.local.node_identity import agent_token_for_node, identity_pod_name
@@ -221,6 +224,7 @@ class PodEmulation:
         assert "emptyDir" in volume, f"unexpected volume {volume}"
         path = self.root / "pod" / volume["name"]
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # as the kubelet makes an emptyDir: any user of the pod may write
         return path
 
     def service_account(self) -> Path:
@@ -245,14 +249,19 @@ class PodEmulation:
         for entry in container.get("env", []):
             field = entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             env[entry["name"]] = NODE if field == "spec.nodeName" else entry["value"]
+        pod_security = pod.get("securityContext", {})
         security = container.get("securityContext", {})
         capabilities = security.get("capabilities", {})
+        user = security.get("runAsUser", pod_security.get("runAsUser"))
+        group = security.get("runAsGroup", pod_security.get("runAsGroup"))
         arguments: dict[str, Any] = {
             "image": container["image"],
             "command": container["args"],
             "environment": env,
             "volumes": binds,
-            "network_mode": "host" if pod.get("hostNetwork") else "bridge",
+            # hostNetwork, or a pod network of its own: the build engine has none, and its own
+            # namespace reaches the API server as a pod does.
+            "network_mode": "host",
             "cap_add": capabilities.get("add"),
             "cap_drop": capabilities.get("drop"),
             "read_only": bool(security.get("readOnlyRootFilesystem")),
@@ -263,8 +272,8 @@ class PodEmulation:
             arguments.update(privileged_arguments())
         if security.get("allowPrivilegeEscalation") is False:
             arguments["security_opt"] = ["no-new-privileges"]
-        if "runAsUser" in security:
-            arguments["user"] = str(security["runAsUser"])
+        if user is not None:
+            arguments["user"] = f"{user}:{group}" if group is not None else str(user)
         arguments["volumes"].update(arguments.pop("volumes_extra", {}))
         return arguments
 
@@ -372,7 +381,7 @@ def test_agent_pod_from_the_daemonset_registers_its_node_agent(
         return status if ready and ready[0]["status"] == "True" else None
 
     status = wait_for(
-        ready_status, timeout=180, message=f"NodeAgent {NODE} Ready", diagnose=diagnose
+        ready_status, timeout=120, message=f"NodeAgent {NODE} Ready", diagnose=diagnose
     )
     info = status["nodeInfo"]
     # The agent of this image, talking to the engine container of this image.
@@ -395,3 +404,96 @@ def test_agent_pod_from_the_daemonset_registers_its_node_agent(
         ["docker", "--host", socket, "images", "--format", "{{.Repository}}"]
     )
     assert "kopflet/busybox" in images.output.decode().split()
+
+
+@pytest.fixture
+def controller_pod(
+    cluster: TestCluster, engine: docker.DockerClient, workloads: dict[str, dict[str, Any]]
+) -> Iterator[docker.models.containers.Container]:
+    pod = workloads["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    root = BuildEngine().config.state_dir / "controller-pod"
+    name = f"image-test-{container['name']}"
+    _remove_container(engine, name)
+    shutil.rmtree(root, ignore_errors=True)
+    api = cluster.api_client()
+    try:
+        token = service_account_token(api, "kopflet-controller")
+    finally:
+        api.close()
+    emulation = PodEmulation(
+        root=root,
+        token=token,
+        ca_cert=cluster.config.pki_dir / "ca.crt",
+        api_host=cluster.config.host_address,
+        api_port=cluster.config.apiserver_port,
+    )
+    started = engine.containers.run(**emulation.run_arguments(pod, container))
+    try:
+        yield started
+    finally:
+        _remove_container(engine, name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _probe(url: str) -> tuple[int, str] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+    except OSError:
+        return None
+
+
+def test_controller_pod_from_the_deployment_waits_as_a_standby_and_answers_its_probes(
+    cluster: TestCluster,
+    controller_pod: docker.models.containers.Container,
+    workloads: dict[str, dict[str, Any]],
+) -> None:
+    """A second replica beside the test cluster's leading controller: non-root, read-only root
+    filesystem, no capabilities, in-cluster credentials of the kopflet-controller account."""
+    (container,) = workloads["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    address = BuildEngine().config.engine_address
+    readyz = f"http://{address}:{ports['health']}{container['readinessProbe']['httpGet']['path']}"
+    healthz = f"http://{address}:{ports['health']}{container['livenessProbe']['httpGet']['path']}"
+    ready = wait_for(
+        lambda: (answer := _probe(readyz)) and answer[0] == 200 and answer,
+        timeout=60,
+        message="the controller container's readiness probe",
+        diagnose=lambda: _logs(controller_pod),
+    )
+    assert ready == (200, "ok (standby)")
+    assert _probe(healthz) == (200, "ok")
+
+    # It reads the leader Lease with its own credentials, and waits: the Lease is held.
+    waiting = "waiting for kopflet-system/kopflet-controller"
+    wait_for(
+        lambda: waiting in _logs(controller_pod),
+        timeout=30,
+        message="the controller waits for the leader Lease",
+        diagnose=lambda: _logs(controller_pod),
+    )
+    lease = json.loads(
+        cluster.kubectl(
+            "get", "lease", "kopflet-controller", "-n", "kopflet-system", "-o", "json"
+        ).stdout
+    )
+    me = re.search(r"starting as (\S+?)[\\\s\"]", _logs(controller_pod))
+    assert me is not None, _logs(controller_pod)
+    assert lease["spec"]["holderIdentity"] != me.group(1)
+    time.sleep(3 * 1.0)  # three retry periods of the elector
+    complaints = [
+        record["message"]
+        for line in controller_pod.logs().decode(errors="replace").splitlines()
+        if line.startswith("{")
+        for record in [json.loads(line)["record"]]
+        if record["level"]["name"] in ("WARNING", "ERROR", "CRITICAL")
+    ]
+    assert complaints == []
+
+    uid = controller_pod.exec_run(["id", "-u"]).output.decode().strip()
+    assert uid == str(
+        workloads["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    )
