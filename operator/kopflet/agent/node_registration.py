@@ -38,6 +38,10 @@ from kopflet.api.constants import API_VERSION, NODEAGENT_KIND, NODEAGENT_PLURAL
 
 #: Like ``kubernetes.io/hostname`` on a Node: selects the NodeAgent of a node.
 HOSTNAME_LABEL: Final = "kopflet.dev/hostname"
+#: A node that is not Ready looks again this soon, not a whole period later: the controller
+#: evicts a node's Instances once it has been not Ready for its eviction timeout (30 s), and an
+#: engine that is back should not lose them to the status period.
+NOT_READY_RECHECK_SECONDS: Final = 2.0
 
 
 class NodeApi(Protocol):
@@ -164,6 +168,9 @@ class NodeRegistration:
                 await self.sync_status()
                 backoff.reset()
                 timeout = self._period
+                status = self.node.status if self.node else None
+                if status is not None and not is_ready(status):
+                    timeout = min(timeout, NOT_READY_RECHECK_SECONDS)
             except (ApiUnavailable, ApiError) as exc:
                 timeout = backoff.next()
                 logger.warning(
