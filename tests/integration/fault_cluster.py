@@ -108,11 +108,17 @@ class FaultCluster(TestCluster):
     def our_containers(self, node: NodeConfig, *, running_only: bool = True) -> list[Any]:
         client = docker.DockerClient(base_url=node.docker_host, version="auto", timeout=30)
         try:
-            return list(
-                client.containers.list(
-                    all=not running_only, filters={"label": f"{NODE_LABEL}={node.name}"}
-                )
-            )
+            # The listing inspects each container: one the agent removes meanwhile is a 404.
+            for _ in range(5):
+                try:
+                    return list(
+                        client.containers.list(
+                            all=not running_only, filters={"label": f"{NODE_LABEL}={node.name}"}
+                        )
+                    )
+                except docker.errors.NotFound:
+                    continue
+            raise AssertionError(f"{node.name}: containers keep vanishing while listed")
         finally:
             client.close()
 

@@ -33,7 +33,9 @@ def _instance(cluster: FaultCluster, ns: str, name: str) -> dict[str, Any]:
 
 
 def _container_reason(instance: dict[str, Any], container: str) -> tuple[str, str] | None:
-    """The reason a container is not running as asked: waiting, or its last termination."""
+    """Why a container is not running as asked: the reason it waits (or its last termination's),
+    and every message its state and last state carry (a termination message is the log tail)."""
+    reason, messages = None, []
     for status in (instance.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") != container:
             continue
@@ -41,8 +43,9 @@ def _container_reason(instance: dict[str, Any], container: str) -> tuple[str, st
             for key in ("waiting", "terminated"):
                 found = state.get(key)
                 if found and found.get("reason") not in (None, "ContainerCreating"):
-                    return str(found["reason"]), str(found.get("message") or "")
-    return None
+                    reason = reason or str(found["reason"])
+                    messages.append(str(found.get("message") or ""))
+    return (reason, "\n".join(messages)) if reason else None
 
 
 def _wait_reported(
