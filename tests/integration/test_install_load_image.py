@@ -4,8 +4,11 @@ every node engine of the running local cluster with the same ID; loading again c
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import pytest
 from conftest import TEST_CLUSTER, TestCluster
 from kopflet.local import images as local_images
 from kopflet.local.build_engine import BuildEngine
+from kopflet.local.load_image import archive_images
 
 
 @dataclass(frozen=True)
@@ -162,3 +166,20 @@ def test_a_cluster_that_is_not_running_is_named_in_the_error() -> None:
     proc = _load_image("--busybox", "--name", "no-such-cluster", "--index", "9")
     assert proc.returncode == 1
     assert "the local cluster no-such-cluster is not running" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "config_path",
+    [
+        "0123abcd.json",  # the classic layout of `docker save`
+        "blobs/sha256/0123abcd",  # the OCI layout newer engines write
+    ],
+)
+def test_archive_image_ids_are_read_from_either_layout(tmp_path: Path, config_path: str) -> None:
+    manifest = json.dumps([{"Config": config_path, "RepoTags": ["kopflet/x:1", "kopflet/x:2"]}])
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    assert archive_images(archive) == {"sha256:0123abcd": ("kopflet/x:1", "kopflet/x:2")}
