@@ -53,7 +53,7 @@ class Archive:
     """A ``docker save`` archive and what it holds: image ID -> its references."""
 
     path: Path
-    images: dict[str, tuple[str, ...]]
+    images: Mapping[str, tuple[str, ...]]
 
 
 def _client(docker_host: str) -> docker.DockerClient:
