@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -125,6 +126,14 @@ def _lease(name: str) -> kubernetes.client.V1Lease:
         metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=NODE_LEASE_NAMESPACE),
         spec=kubernetes.client.V1LeaseSpec(holder_identity=name, lease_duration_seconds=40),
     )
+
+
+def _renew(agent: Agent, name: str, *, holder: str) -> Any:
+    """Renew Lease ``name`` with ``agent``'s credentials (reading it with the agent's own)."""
+    lease = agent.leases.read_namespaced_lease(name, NODE_LEASE_NAMESPACE)
+    lease.spec.holder_identity = holder
+    lease.spec.renew_time = datetime.now(tz=UTC)
+    return agent.leases.replace_namespaced_lease(name, NODE_LEASE_NAMESPACE, lease)
 
 
 @dataclass
@@ -269,9 +278,8 @@ def test_agent_of_node_a_is_refused_on_node_b_nodeagent_and_lease(two_nodes: Two
         )
         agent.leases.create_namespaced_lease(NODE_LEASE_NAMESPACE, _lease(agent.node))
     a.patch_node_agent(a.node, {"status": {"instances": 0}}, status=True)
-    a.leases.patch_namespaced_lease(
-        a.node, NODE_LEASE_NAMESPACE, {"spec": {"leaseDurationSeconds": 40}}
-    )
+    # Renewals are updates (optimistic concurrency), as the agent makes them.
+    _renew(a, a.node, holder=a.node)
 
     message = _refused_by_policy(
         lambda: a.patch_node_agent(b.node, {"status": {"instances": 99}}, status=True)
@@ -280,11 +288,7 @@ def test_agent_of_node_a_is_refused_on_node_b_nodeagent_and_lease(two_nodes: Two
     _refused_by_policy(
         lambda: a.patch_node_agent(b.node, {"metadata": {"labels": {"stolen": "yes"}}})
     )
-    message = _refused_by_policy(
-        lambda: a.leases.patch_namespaced_lease(
-            b.node, NODE_LEASE_NAMESPACE, {"spec": {"holderIdentity": a.node}}
-        )
-    )
+    message = _refused_by_policy(lambda: _renew(a, b.node, holder=a.node))
     assert f"may only change Lease {NODE_LEASE_NAMESPACE}/{a.node}" in message
     # Nor can it register a node that is not its own, or renew another node's heartbeat.
     _refused_by_policy(
