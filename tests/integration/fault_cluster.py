@@ -18,8 +18,10 @@ The invariants every fault test ends with (``assert_converged``):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from conftest import TestCluster, _check_infrastructure
 from kopflet.api.constants import GROUP, INSTANCE_PLURAL, VERSION, WORKLOAD_PLURAL
 from kopflet.local import cluster as local_cluster
+from kopflet.local.binaries import Binaries
 from kopflet.local.config import ClusterConfig, NodeConfig
 from kopflet.local.supervisor import ComponentState
 from support import wait_for
@@ -284,9 +287,52 @@ spec:
 """
 
 
+#: Fault tests of another run on this machine (another checkout, a CI run) use the same cluster
+#: and would stop its API server under this one's feet: runs take turns.
+LOCK_WAIT_SECONDS = 1800.0
+
+
+_LOCKS_HELD: set[str] = set()
+
+
+@contextlib.contextmanager
+def _exclusive(config: ClusterConfig) -> Iterator[None]:
+    # Each test module that imports the fixture gets an instance of its own: within one run
+    # the lock is taken once (flock would make the second instance wait for the first).
+    if config.name in _LOCKS_HELD:
+        yield
+        return
+    config.run_root.mkdir(parents=True, exist_ok=True)
+    with open(config.run_root / f"{config.name}.lock", "w") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"{config.name} stayed in use by another test run for "
+                        f"{LOCK_WAIT_SECONDS:.0f}s",
+                        pytrace=False,
+                    )
+                time.sleep(2)
+        _LOCKS_HELD.add(config.name)
+        try:
+            yield
+        finally:
+            _LOCKS_HELD.discard(config.name)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def faults_cluster() -> Iterator[FaultCluster]:
     binaries = _check_infrastructure()
+    with _exclusive(FAULTS_CLUSTER):
+        yield from _faults_cluster(binaries)
+
+
+def _faults_cluster(binaries: Binaries) -> Iterator[FaultCluster]:
     reused = local_cluster.status(FAULTS_CLUSTER) is not None
     try:
         local_cluster.up(FAULTS_CLUSTER)
