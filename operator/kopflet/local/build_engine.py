@@ -211,7 +211,7 @@ class BuildEngine:
         c = self.config
         for directory in (c.state_dir, c.run_dir, c.socket_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        with open(c.log_file, "ab") as log:
+        with open(c.log_file, "wb") as log:  # this run's log only
             self._process = subprocess.Popen(
                 _in_netns(
                     c,

@@ -107,7 +107,15 @@ def run_with_engine(
             finally:
                 client.close()
         env = {**os.environ, "DOCKER_HOST": config.docker_host, "http_proxy": proxy_url}
-        return subprocess.run(list(command), env=env, check=False).returncode
+        returncode = subprocess.run(list(command), env=env, check=False).returncode
+        # Each build leaves the image it replaced, and the finished stages nothing builds on,
+        # untagged: the engine's disk would only grow.
+        client = engine.client()
+        try:
+            client.images.prune(filters={"dangling": True})
+        finally:
+            client.close()
+        return returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
