@@ -4,7 +4,7 @@ PYTHON ?= python3
 NODES ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: deps up down status test lint unit integration
+.PHONY: deps up down status test lint unit integration kind-up kind-down
 
 deps:
 	scripts/install-deps
@@ -30,3 +30,10 @@ integration: deps
 
 test: lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The quick start on kind (README): a kind cluster, the image, the manifests, the web example.
+kind-up:
+	scripts/kind-up
+
+kind-down:
+	scripts/kind-down

@@ -13,6 +13,7 @@ retry later, and meanwhile change nothing on the node).
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -124,7 +125,11 @@ def _bearer_token(configuration: kubernetes.client.Configuration) -> str | None:
     header = configuration.get_api_key_with_prefix("BearerToken") or (
         configuration.get_api_key_with_prefix("authorization")
     )
-    return str(header).removeprefix("Bearer ").strip() if header else None
+    # The in-cluster loader stores "bearer <token>" (lower case), a kubeconfig "Bearer <token>".
+    return _BEARER_PREFIX.sub("", str(header)).strip() if header else None
+
+
+_BEARER_PREFIX = re.compile(r"^bearer\s+", re.IGNORECASE)
 
 
 def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:

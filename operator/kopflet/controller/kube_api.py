@@ -12,6 +12,7 @@ allocation records unique).
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 import urllib.parse
@@ -112,7 +113,8 @@ def bearer_token(configuration: kubernetes.client.Configuration) -> str | None:
     ) or configuration.get_api_key_with_prefix("authorization")  # older clients' key
     if not header:
         return None
-    return str(header).removeprefix("Bearer ").strip()
+    # The in-cluster loader stores "bearer <token>" (lower case), a kubeconfig "Bearer <token>".
+    return re.sub(r"^bearer\s+", "", str(header), flags=re.IGNORECASE).strip()
 
 
 class ClusterApi(Protocol):
