@@ -344,14 +344,22 @@ def ensure_bare_network(client: docker.DockerClient, node: NodeConfig) -> None:
     )
 
 
+@dataclass(frozen=True)
+class BareBurst:
+    #: Per container: from its request to running (the client's 30 workers queue the rest).
+    latency: dict[int, float]
+    #: Per container: from the start of the burst to running, as if all were asked at once.
+    since_burst: dict[int, float]
+    wall: float
+
+
 def bare_docker_run(
     cluster: BenchCluster, count: int, *, nodes: Sequence[NodeConfig] | None = None
-) -> tuple[dict[int, float], float]:
+) -> BareBurst:
     """``docker run -d`` (create + start through the Engine API, as the agent calls it) of
     ``count`` containers, spread round-robin over the engines, ``concurrency`` at a time.
 
-    Returns each container's latency (request to running) and the wall time of the whole
-    burst. The containers stay until :func:`remove_bare`."""
+    The containers stay until :func:`remove_bare`."""
     targets = list(nodes or cluster.nodes)
     clients = {n.name: cluster.docker(n) for n in targets}
     for node in targets:
@@ -369,13 +377,18 @@ def bare_docker_run(
             labels={BARE_LABEL: "1"},
             name=f"bench-bare-{i}",
         )
-        latency[i] = time.monotonic() - started
+        done_at[i] = time.monotonic()
+        latency[i] = done_at[i] - started
 
-    started = time.monotonic()
+    done_at: dict[int, float] = {}
+    burst_started = time.monotonic()
     with ThreadPoolExecutor(cluster.concurrency) as pool:
         for future in [pool.submit(run, i) for i in range(count)]:
             future.result(timeout=300)
-    return latency, time.monotonic() - started
+    since_burst = {i: t - burst_started for i, t in done_at.items()}
+    return BareBurst(
+        latency=latency, since_burst=since_burst, wall=time.monotonic() - burst_started
+    )
 
 
 def remove_bare(cluster: BenchCluster) -> None:

@@ -8,32 +8,60 @@ from collections.abc import Sequence
 
 FINDINGS: dict[str, str] = {
     "1": """\
-**#1 startup (p50 overhead over bare Docker).** An Instance is two containers -- the sandbox
-that holds its network namespace (the pod's pause container) and the app container -- where the
-baseline is one; on a 2-core machine the engines are the bottleneck, so that second container is
-most of the overhead. The throughput line shows it: dockerd CPU per Instance is about twice its
-CPU per bare container. A py-spy profile of an agent during a burst shows its threads waiting on
-the Engine API (create, start, inspect; the relist's container list is ~13% of samples), not
-computing; the agents together use ~0.1 s of CPU per Instance, the controller ~0.02 s. Binding
-(created -> bound, printed with the p50) takes a second or more when the machine is loaded: the
-controller shares the two cores with everything else.""",
+**#1 startup.** Three causes, measured:
+(a) An Instance is two containers -- the sandbox holding its network namespace (the pod's pause
+container) and the app -- where the baseline is one. The engines are the bottleneck of a 2-core
+machine: dockerd CPU per Instance is about twice its CPU per bare container (on the #2 line).
+(b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
+workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
+while our 300 creates return at once and the Instances queue inside the cluster. The baseline
+counted from its burst's start is printed beside it; #2 compares the bursts as wholes.
+(c) Binding waits for CPU: created -> bound is printed with the p50 (31 s median at 300 in the
+first full run, load average 30-60 from other clusters on the machine). The controller used only
+~15 ms of CPU per Instance; a py-spy profile of it during the 300 burst shows its event loop
+runnable most of the time -- kopf's per-event processing 32% of samples, kopf indexing 18%, of
+which re-parsing the whole Instance on every event (`parse_instance` -> `Model.from_dict`) 8%,
+the leader-election renewal thread 13% -- i.e. starved of CPU, not spinning. An agent profiled in
+a burst waits on the Engine API (create, start, inspect; the relist's container list ~13% of
+samples). The 5 s p99 at 100 per node is out of reach for Docker itself here: the bare burst of
+300 takes ~90 s.""",
     "2": """\
-**#2 throughput.** Same cause as #1: two containers per Instance against one per bare
-`docker run`, on engines that are CPU-bound; the ratio tracks the dockerd CPU per Instance
-against per bare container printed on the line.""",
+**#2 throughput.** Two containers per Instance against one per bare `docker run`, on engines
+that are CPU-bound: the ratio tracks dockerd's CPU per Instance against per bare container
+(both on the line), plus the agents' ~0.1 s and the controller's ~0.015 s of CPU per Instance
+taken from the same two cores.""",
     "3": """\
-**#3 proxy sync.** The tools set the floor: `iptables-nft-restore` 1.8.9 and `nft` 1.0.6 both
-apply large rulesets worse than linearly in the number of chains (the bare tool's own time is
-the baseline on each line; a bare `iptables-nft-restore` of 2,000 x 10 did not finish in 10
-minutes on this machine, so iptables mode is not run at 10,000). For a one-endpoint change the
-partial text is still O(all services): iptables mode rewrites `KOPFLET-SERVICES` and
-`KOPFLET-NODEPORTS` whole (as kube-proxy does), nftables mode re-fills its verdict maps whole
-(~600 KB at 10,000). py-spy of the nftables partial sync at 10,000 x 10 (one change, 1.2-4 s):
-44% of samples in `render_nftables_ruleset`, half of that naming the endpoint chains of *every*
-service (`nft_endpoint_chain` -> `_endpoint_hash`, 23% of all samples) although only one
-changed; 14% waiting for `nft -f`. Reaching 100 ms needs partial syncs that are O(changes):
-map element add/delete instead of a refill, and chain names kept from the previous sync for
-skipped services (kube-proxy's nftables proxier works that way).""",
+**#3 proxy sync.** The tools set the floor: `iptables-nft-restore` 1.8.9 and `nft` 1.0.6 apply
+large rulesets worse than linearly in the number of chains (the bare tool's own time is the
+baseline on each line: a first `nft -f` of 10,000 x 10 takes ~3 minutes here, a bare
+`iptables-nft-restore` of 2,000 x 10 did not finish in 10 minutes, so iptables mode is not run at
+10,000). For a one-endpoint change the text applied is still O(all services): iptables mode
+rewrites `KOPFLET-SERVICES` and `KOPFLET-NODEPORTS` whole (as kube-proxy does), nftables mode
+refills its verdict maps whole (~600 KB at 10,000), so even the bare tool needs seconds. py-spy
+of the nftables one-endpoint change at 10,000 x 10 (1.2-4 s each): 44% of samples in
+`render_nftables_ruleset`, half of that naming the endpoint chains of *every* service
+(`nft_endpoint_chain` -> `_endpoint_hash`, 23% of all samples) although one changed; 14% waiting
+for `nft -f`. 100 ms needs partial syncs that are O(changes): map element add/delete instead of
+a refill, and the chain names of skipped services kept from the previous sync (kube-proxy's
+nftables proxier works that way). Full resyncs cost more than the bare apply because they first
+read back what is programmed (`nft list table` / `iptables-save`) to find stale chains.""",
+    "4": """\
+**#4 data plane.** One short run's ratios swing by +-30% from round to round here (see the
+min/max of the direct baseline itself): the client, the server (busybox `httpd` forks per
+connection, `nc` reads in small blocks) and the forwarding all share two busy cores, and every
+path crosses the same bridge. Within a round (the paired ratio on the line) netfilter paths stay
+close to direct; the remaining gap for new connections is conntrack + DNAT per connection. The
+userspace relay copies every byte through the agent process: fewer connections/s, similar MB/s
+for one stream.""",
+    "6": """\
+**#6 failover.** After the link comes back, the lost node's agent may hold dead watch connections
+until their read timeout (`sock_read` = watch timeout 300 s + 30 s in `agent/kube_client.py`):
+in one run its Instance watch reported a socket timeout 265 s after reconnecting, and only then
+removed the evicted Instances' finalizers. The failover itself does not depend on it.""",
+    "7": """\
+**#7 API requests.** One successful write per lifecycle of the whole burst changed nothing (it
+left the resourceVersion as it was, so the watch saw no event). The API server's metrics do not
+say whose: pinning it down needs an audit log of the local control plane.""",
 }
 
 

@@ -9,7 +9,10 @@ On the bench cluster (3 nodes), for each count (default 30 and 300, i.e. up to 1
 * baseline, same run, same engines, same client concurrency: ``docker run -d`` of the same image
   and command (create + start through the Engine API, on a bridge network of its own so each
   container gets a veth as an instance does), per container from request to running, and the
-  wall time of the whole burst.
+  wall time of the whole burst. A bare ``docker run`` blocks, so the client's workers hold the
+  rest of the burst back; our creates return at once and the Instances queue in the cluster.
+  The baseline counted from its burst's start (as if all had been asked for at once) is printed
+  next to it, and the burst's wall time (#2) compares the two without that difference.
 
 After the largest burst is Ready, each agent's
 RSS is read (#5); before the first burst, at 0 Instances.
@@ -39,7 +42,7 @@ from bench_cluster import (
 )
 from bench_results import Reporter, Summary, Target, fmt, percentile, result_of
 
-MB = 1024 * 1024
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Runs:
     bare_p50: list[float] = field(default_factory=list)
     bare_p99: list[float] = field(default_factory=list)
     bare_wall: list[float] = field(default_factory=list)
+    #: The baseline counted from the start of its burst, as if every container had been asked
+    #: for at once -- as our Instances are, which then queue inside the cluster, not the client.
+    bare_burst_p50: list[float] = field(default_factory=list)
+    bare_burst_p99: list[float] = field(default_factory=list)
     per_node: Counter[str] = field(default_factory=Counter)
     #: CPU seconds per Instance the agents (all nodes) and the controller used in a burst.
     agent_cpu: list[float] = field(default_factory=list)
@@ -89,13 +96,15 @@ def run_ours(cluster: BenchCluster, count: int, runs: Runs, *, sample_memory: bo
 def run_bare(cluster: BenchCluster, count: int, runs: Runs) -> None:
     cpu_before = component_cpu(cluster)[2]
     try:
-        latency, wall = bare_docker_run(cluster, count)
+        burst = bare_docker_run(cluster, count)
         runs.bare_dockerd_cpu.append((component_cpu(cluster)[2] - cpu_before) / count)
     finally:
         remove_bare(cluster)
-    runs.bare_p50.append(percentile(list(latency.values()), 0.5))
-    runs.bare_p99.append(percentile(list(latency.values()), 0.99))
-    runs.bare_wall.append(wall)
+    runs.bare_p50.append(percentile(list(burst.latency.values()), 0.5))
+    runs.bare_p99.append(percentile(list(burst.latency.values()), 0.99))
+    runs.bare_burst_p50.append(percentile(list(burst.since_burst.values()), 0.5))
+    runs.bare_burst_p99.append(percentile(list(burst.since_burst.values()), 0.99))
+    runs.bare_wall.append(burst.wall)
 
 
 def component_cpu(cluster: BenchCluster) -> tuple[float, float, float]:
@@ -109,7 +118,7 @@ def component_cpu(cluster: BenchCluster) -> tuple[float, float, float]:
 
 def max_agent_rss(cluster: BenchCluster) -> float:
     pids = cluster.component_pids("agent")
-    return max(rss_bytes(pid) for pid in pids.values()) / MB
+    return max(rss_bytes(pid) for pid in pids.values()) / MIB
 
 
 def report(reporter: Reporter, cluster: BenchCluster, count: int, runs: Runs) -> None:
@@ -128,7 +137,12 @@ def report(reporter: Reporter, cluster: BenchCluster, count: int, runs: Runs) ->
             baseline_name="bare docker run -d p50",
             baseline_per_run=runs.bare_p50,
             target=Target("p50 overhead <= 0.5 s", 0.5, on="overhead"),
-            extra={"of which created->bound p50": fmt(Summary.of(runs.bind_p50).median, "s")},
+            extra={
+                "of which created->bound p50": fmt(Summary.of(runs.bind_p50).median, "s"),
+                "bare counted from its burst's start p50": fmt(
+                    Summary.of(runs.bare_burst_p50).median, "s"
+                ),
+            },
         )
     )
     reporter.report(
@@ -141,6 +155,11 @@ def report(reporter: Reporter, cluster: BenchCluster, count: int, runs: Runs) ->
             baseline_name="bare docker run -d p99",
             baseline_per_run=runs.bare_p99,
             target=Target("p99 <= 5 s at 100 per node", 5.0) if at_slo_density else None,
+            extra={
+                "bare counted from its burst's start p99": fmt(
+                    Summary.of(runs.bare_burst_p99).median, "s"
+                )
+            },
         )
     )
     reporter.report(
@@ -201,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (
             f"{per_node} Instances per node",
             all_runs[largest].agent_rss,
-            Target("<= 100 MB at 100", 100.0) if per_node >= 100 else None,
+            Target("<= 100 MB at 100", 100e6 / MIB) if per_node >= 100 else None,
         ),
     ):
         reporter.report(
@@ -209,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 bench="5",
                 case=f"agent RSS (largest of {cluster.config.nodes} agents), {label}",
                 figure_name="RSS",
-                unit="MB",
+                unit="MiB",
                 per_run=values,
                 target=target,
             )
