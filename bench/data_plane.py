@@ -7,10 +7,10 @@ connections, ``nc -l`` into /dev/null for bulk), one NodePort ProxyService over 
 
 * in the first node's namespace, through the rules its agent programmed (the cluster's proxy
   mode): direct to the instance IP, to the virtual IP, and to the second node's node port;
-* for each other mode (``--modes``, default nftables and userspace), in a namespace of the
-  bench's own on the cluster bridge, where this file (``--proxy``) runs the agent's
-  ``ProxyEngine`` in that mode, fed the same ProxyService and NodeAgents from the API: direct
-  and virtual IP.
+* for each mode of ``--modes`` (default all three), in a namespace of the bench's own on the
+  cluster bridge, where this file (``--proxy``) runs the agent's ``ProxyEngine`` in that mode,
+  fed the same ProxyService and NodeAgents from the API: direct and virtual IP. The cluster's
+  own mode is measured there too, as the control: same place, same client, other engine.
 
 Paths are interleaved within each repetition, so load on the shared machine hits them alike.
 Traffic goes only to the cluster's own namespaces and bridge. Target (issue 8): iptables and
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> None:
         ]
         cluster_mode = _proxy_mode(cluster, client_node.name)
         groups: list[tuple[str, list[ClientTarget]]] = [(cluster_mode, agent_paths)]
-        groups += [(mode, []) for mode in args.modes if mode != cluster_mode]
+        groups += [(mode, []) for mode in args.modes]
         with client_namespace(cluster) as own:
             for mode, paths in groups:
                 if not paths:
@@ -355,6 +355,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> None:
                     )
                 else:
                     context = contextlib.nullcontext()
+                samples.clear()  # one group of paths at a time: a mode may come twice
                 with context:
                     for round_ in range(args.repeat):
                         for kind in ("conn", "bulk"):
@@ -444,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--repeat", type=int, default=5, help="rounds over every path")
     parser.add_argument("--concurrency", type=int, default=8, help="parallel connections")
-    parser.add_argument("--modes", nargs="*", default=["nftables", "userspace"])
+    parser.add_argument("--modes", nargs="*", default=["iptables", "nftables", "userspace"])
     parser.add_argument("--results", type=Path, help="append JSON records here")
     # Internal: the two roles this file plays inside a network namespace.
     parser.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
