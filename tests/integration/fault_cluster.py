@@ -354,6 +354,15 @@ def _faults_cluster(binaries: Binaries) -> Iterator[FaultCluster]:
 
 @pytest.fixture
 def faults_namespace(faults_cluster: FaultCluster) -> Iterator[str]:
+    # Every test starts from a whole cluster: a node still coming back from the previous
+    # test's fault would be evicted under this one.
+    wait_for(
+        lambda: all_nodes_ready(faults_cluster),
+        timeout=180,
+        interval=1,
+        message="every NodeAgent Ready before the test",
+        diagnose=lambda: faults_cluster.kubectl("get", "na", "-o", "wide", check=False).stdout,
+    )
     name = f"f-{os.urandom(4).hex()}"
     faults_cluster.kubectl("create", "namespace", name)
     yield name

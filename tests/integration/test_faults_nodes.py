@@ -200,6 +200,12 @@ def test_node_cut_off_is_evicted_and_its_stale_containers_removed_when_it_return
     )
     assert not (service_endpoints(cluster, ns, "web") & stale_ips)
     assert all(node_ready_status(cluster, n.name) == "True" for n in others)
+    wait_for(
+        lambda: node_ready_status(cluster, target.name) == "True",
+        timeout=90,
+        message=f"{target.name} Ready again after its link is back",
+        diagnose=lambda: cluster.diagnose_namespace(ns),
+    )
 
 
 def test_frozen_engine_gives_temporary_errors_on_the_instance_never_an_agent_crash(
