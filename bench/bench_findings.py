@@ -16,15 +16,15 @@ machine: dockerd CPU per Instance is about twice its CPU per bare container (on 
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
 counted from its burst's start is printed beside it; #2 compares the bursts as wholes.
-(c) Binding waits for CPU: created -> bound is printed with the p50 (31 s median at 300 in the
-first full run, load average 30-60 from other clusters on the machine). The controller used only
-~15 ms of CPU per Instance; a py-spy profile of it during the 300 burst shows its event loop
-runnable most of the time -- kopf's per-event processing 32% of samples, kopf indexing 18%, of
-which re-parsing the whole Instance on every event (`parse_instance` -> `Model.from_dict`) 8%,
-the leader-election renewal thread 13% -- i.e. starved of CPU, not spinning. An agent profiled in
-a burst waits on the Engine API (create, start, inspect; the relist's container list ~13% of
-samples). The 5 s p99 at 100 per node is out of reach for Docker itself here: the bare burst of
-300 takes ~90 s.""",
+(c) Binding waits for CPU: created -> bound is printed with the p50 (23-31 s median at 300,
+under 1 s at 30; load average 30-70 from other clusters on the machine during the 300 bursts).
+The controller used only ~15 ms of CPU per Instance; a py-spy profile of it during a 300 burst
+shows its event loop runnable most of the time -- kopf's per-event processing 32% of samples,
+kopf indexing 18%, of which re-parsing the whole Instance on every event (`parse_instance` ->
+`Model.from_dict`) 8%, the leader-election renewal thread 13% -- i.e. starved of CPU, not
+spinning. An agent profiled in a burst waits on the Engine API (create, start, inspect; the
+relist's container list ~13% of samples). The 5 s p99 at 100 per node is out of reach for Docker
+itself here: the bare burst of 300 takes ~90 s.""",
     "2": """\
 **#2 throughput.** Two containers per Instance against one per bare `docker run`, on engines
 that are CPU-bound: the ratio tracks dockerd's CPU per Instance against per bare container
@@ -46,13 +46,21 @@ a refill, and the chain names of skipped services kept from the previous sync (k
 nftables proxier works that way). Full resyncs cost more than the bare apply because they first
 read back what is programmed (`nft list table` / `iptables-save`) to find stale chains.""",
     "4": """\
-**#4 data plane.** One short run's ratios swing by +-30% from round to round here (see the
-min/max of the direct baseline itself): the client, the server (busybox `httpd` forks per
-connection, `nc` reads in small blocks) and the forwarding all share two busy cores, and every
-path crosses the same bridge. Within a round (the paired ratio on the line) netfilter paths stay
-close to direct; the remaining gap for new connections is conntrack + DNAT per connection. The
-userspace relay copies every byte through the agent process: fewer connections/s, similar MB/s
-for one stream.""",
+**#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
+itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
+forwarding share two busy cores. A miss in one run is not a cause found: the same nftables path
+measured 0.75 of direct in the first full run and 1.05 (0.93 paired within rounds) in the next,
+with the cluster's own mode (iptables) as the control in the same namespace at 1.02. What
+remains for new connections is conntrack + DNAT per connection. The userspace relay copies every
+byte through the agent process: about 0.7 of direct for new connections, 0.8-0.9 for one
+stream.""",
+    "5": """\
+**#5 agent memory.** The agent's RSS grows with the Instances it has handled and never shrinks
+(VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
+per node, 102-104 MiB after a dozen bursts, idle or not. A fresh agent stays under 100 MB at 100
+Instances; one that has churned through ~1,500 Instance lifecycles does not. Whether it is a
+leak (a per-Instance cache never pruned) or the allocator keeping its high-water mark is not
+separated yet: a `tracemalloc` snapshot diff in the agent across bursts would tell.""",
     "7": """\
 **#7 API requests.** One successful write per lifecycle of the whole burst changed nothing (it
 left the resourceVersion as it was, so the watch saw no event). The API server's metrics do not

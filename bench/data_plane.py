@@ -3,12 +3,12 @@ against the same client straight to the instance's IP.
 
 On the bench cluster: one server Instance on the second node (busybox ``httpd`` for short
 connections, ``nc -l`` into /dev/null for bulk), one NodePort ProxyService over it. The client
-(this file, ``--client``: asyncio, fixed duration and concurrency) runs
+(``netns_roles.py client``: asyncio, fixed duration and concurrency) runs
 
 * in the first node's namespace, through the rules its agent programmed (the cluster's proxy
   mode): direct to the instance IP, to the virtual IP, and to the second node's node port;
 * for each mode of ``--modes`` (default all three), in a namespace of the bench's own on the
-  cluster bridge, where this file (``--proxy``) runs the agent's ``ProxyEngine`` in that mode,
+  cluster bridge, where ``netns_roles.py engine`` runs the agent's ``ProxyEngine`` in that mode,
   fed the same ProxyService and NodeAgents from the API: direct and virtual IP. The cluster's
   own mode is measured there too, as the control: same place, same client, other engine.
 
@@ -22,12 +22,9 @@ nftables >= 0.9 of direct; userspace reported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +35,7 @@ from typing import Any
 
 from bench_cluster import IMAGE, BenchCluster, as_dict, condition_true, wait_until
 from bench_results import Reporter, Summary, Target, result_of
+from netns_roles import BULK_PORT, HTTP_PORT
 
 from kopflet.api.constants import (
     GROUP,
@@ -47,98 +45,11 @@ from kopflet.api.constants import (
     VERSION,
 )
 
-HTTP_PORT = 8080
-BULK_PORT = 9000
+#: What runs inside the namespaces: the load client, and the engine of a mode.
+ROLES = Path(__file__).with_name("netns_roles.py")
 #: The bench's own namespace on the cluster bridge: a client "node" with an engine of ours.
 CLIENT_NETNS_SUFFIX = "bench-client"
 CLIENT_HOST_OCTET = 200
-REQUEST = b"GET /etc/passwd HTTP/1.0\r\n\r\n"
-CHUNK = b"\0" * (256 * 1024)
-
-
-# -- the client, run inside a namespace --------------------------------------------------------
-
-
-async def _connections(host: str, port: int, *, seconds: float, concurrency: int) -> int:
-    done = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-            writer.write(REQUEST)
-            await asyncio.wait_for(reader.read(-1), 5)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            done += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done
-
-
-def _bulk(host: str, port: int, *, seconds: float) -> int:
-    sent = 0
-    with socket.create_connection((host, port), timeout=10) as sock:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            sock.sendall(CHUNK)
-            sent += len(CHUNK)
-    return sent
-
-
-def client_main(args: argparse.Namespace) -> None:
-    host, port = args.client[0], int(args.client[1])
-    started = time.monotonic()
-    if args.kind == "conn":
-        count = asyncio.run(
-            _connections(host, port, seconds=args.seconds, concurrency=args.concurrency)
-        )
-        rate = count / (time.monotonic() - started)
-    else:
-        sent = _bulk(host, port, seconds=args.seconds)
-        rate = sent / (time.monotonic() - started) / 1e6
-    print(json.dumps({"rate": rate}), flush=True)
-
-
-# -- the engine of another mode, run inside the bench's own namespace --------------------------
-
-
-def proxy_main(args: argparse.Namespace) -> None:
-    """Run the agent's ProxyEngine here, fed once from the API, until SIGTERM."""
-    from kopflet.agent.proxy import ProxyEngine, ProxyMetrics
-
-    cluster = BenchCluster()
-    engine = ProxyEngine(
-        node_name="bench-client", mode=args.proxy, metrics=ProxyMetrics(registry=None)
-    )
-    for node in as_dict(
-        cluster.custom.list_cluster_custom_object(GROUP, VERSION, NODEAGENT_PLURAL)
-    )["items"]:
-        engine.on_node(None, node)
-    for service in as_dict(
-        cluster.custom.list_namespaced_custom_object(
-            GROUP, VERSION, args.namespace, PROXYSERVICE_PLURAL
-        )
-    )["items"]:
-        engine.on_service(None, service)
-    engine.mark_initial_lists_complete()
-
-    async def serve() -> None:
-        if not await engine.sync_now():
-            raise SystemExit("the first sync failed")
-        print("synced", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        runner = asyncio.create_task(engine.run())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=args.proxy_timeout)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-
-    asyncio.run(serve())
 
 
 # -- the orchestration -------------------------------------------------------------------------
@@ -156,7 +67,8 @@ class ClientTarget:
 
 
 def in_netns(netns: Path, argv: Sequence[str]) -> list[str]:
-    return ["nsenter", f"--net={netns}", "--", sys.executable, __file__, *argv]
+    """``netns_roles.py`` (the client, or an engine) run inside a network namespace."""
+    return ["nsenter", f"--net={netns}", "--", sys.executable, str(ROLES), *argv]
 
 
 def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) -> float:
@@ -165,10 +77,9 @@ def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) 
         in_netns(
             path.netns,
             [
-                "--client",
+                "client",
                 path.host,
                 str(port),
-                "--kind",
                 kind,
                 "--seconds",
                 str(seconds),
@@ -265,7 +176,7 @@ def client_namespace(cluster: BenchCluster) -> Iterator[Path]:
 @contextlib.contextmanager
 def engine_in(netns: Path, *, mode: str, namespace: str) -> Iterator[None]:
     proc = subprocess.Popen(
-        in_netns(netns, ["--proxy", mode, "--namespace", namespace]),
+        in_netns(netns, ["engine", mode, namespace]),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -447,21 +358,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="parallel connections")
     parser.add_argument("--modes", nargs="*", default=["iptables", "nftables", "userspace"])
     parser.add_argument("--results", type=Path, help="append JSON records here")
-    # Internal: the two roles this file plays inside a network namespace.
-    parser.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--kind", choices=("conn", "bulk"), help=argparse.SUPPRESS)
-    parser.add_argument("--proxy", help=argparse.SUPPRESS)
-    parser.add_argument("--namespace", help=argparse.SUPPRESS)
-    parser.add_argument("--proxy-timeout", type=float, default=1800, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.client:
-        client_main(args)
-    elif args.proxy:
-        proxy_main(args)
-    else:
-        if os.geteuid() != 0:
-            raise SystemExit("needs root (network namespaces)")
-        run(args, Reporter(args.results))
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    run(args, Reporter(args.results))
 
 
 if __name__ == "__main__":
