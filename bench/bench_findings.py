@@ -48,12 +48,12 @@ read back what is programmed (`nft list table` / `iptables-save`) to find stale 
     "4": """\
 **#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
-forwarding share two busy cores. A miss in one run is not a cause found: the same nftables path
-measured 0.75 of direct in the first full run and 1.05 (0.93 paired within rounds) in the next,
-with the cluster's own mode (iptables) as the control in the same namespace at 1.02. What
-remains for new connections is conntrack + DNAT per connection. The userspace relay copies every
-byte through the agent process: about 0.7 of direct for new connections, 0.8-0.9 for one
-stream.""",
+forwarding share two busy cores. A miss in one run is not a cause found: the same paths swing
+between runs (new connections through the virtual IP: iptables 1.06 of direct in the first full
+run and 0.83 in the next; nftables 0.75, then 1.05), and the cluster's own mode measured as the
+control in the bench's namespace gave 1.02. What remains for new connections is conntrack +
+DNAT per connection. The userspace relay copies every byte through the agent process: about 0.7
+of direct for new connections, 0.8-0.9 for one stream.""",
     "5": """\
 **#5 agent memory.** The agent's RSS grows with the Instances it has handled and never shrinks
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
@@ -73,13 +73,13 @@ OBSERVATIONS: tuple[str, ...] = (
     """\
 **A cut-off agent is slow to notice it is back (#6).** The agent's watches have a read timeout of
 the watch timeout + 30 s (330 s, `agent/kube_client.py`) and nothing else detects a connection
-that died while the link was down. In the first full run, after a 70 s cut the node's Instance
-watch reported its socket timeout 265 s after the link came back, and in another repetition
-the NodeAgent stayed NotReady for ~4 minutes after reconnecting (lease renewals had resumed at
-once): the controller had marked it Unknown, and the agent, whose NodeAgent watch was one of
-the dead ones, re-posted Ready only when that watch timed out. Meanwhile no Instance can be
-scheduled there. The failover figure itself does not depend on it; the failover bench prints
-both delays.""",
+that died while the link was down. In one trial, after a ~70 s cut, the node's Instance watch
+reported its socket timeout 265 s after the link came back; in the first full run's second
+repetition the NodeAgent stayed NotReady for ~4 minutes after reconnecting (lease renewals had
+resumed at once): the controller had marked it Unknown, and the agent, whose NodeAgent watch was
+one of the dead ones, re-posted Ready only when that watch timed out. Meanwhile no Instance can
+be scheduled there. Other repetitions came back in 7-27 s. The failover figure itself does not
+depend on it; the failover bench prints both delays.""",
 )
 
 
