@@ -139,9 +139,10 @@ def test_service_without_endpoints_is_rejected_in_filter_and_has_no_nat_chains()
     c = '-m comment --comment "default/web:http has no endpoints"'
     assert_ruleset(
         rendered.text,
-        f"-A KOPFLET-SERVICES {c} -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT",
+        f"-A KOPFLET-SERVICES {c} -d 10.96.0.10/32 -p tcp -m tcp --dport 80"
+        " -j REJECT --reject-with tcp-reset",
         f"-A KOPFLET-EXTERNAL-SERVICES {c} -m addrtype --dst-type LOCAL"
-        " -p tcp -m tcp --dport 30080 -j REJECT",
+        " -p tcp -m tcp --dport 30080 -j REJECT --reject-with tcp-reset",
     )
     assert not any(chain.startswith("KFL-") for chain in rendered.chains["nat"])
 

@@ -84,6 +84,7 @@ FIXED = [
     f"add rule {T} filter-forward ct state related,established accept",
     f"add rule {T} filter-forward ip daddr @instance-subnets accept",
     f"add rule {T} filter-forward ip saddr @instance-subnets accept",
+    f"add rule {T} reject-chain meta l4proto tcp reject with tcp reset",
     f"add rule {T} reject-chain reject",
     f'add rule {T} canary return comment "kopflet canary"',
     f"add rule {T} mark-for-masquerade meta mark set meta mark | 0x4000",

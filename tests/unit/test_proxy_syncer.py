@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -135,6 +136,27 @@ def test_syncs_are_rate_limited_to_one_per_min_interval() -> None:
     assert len(h.backend.restored) == 2
 
 
+def test_a_change_arriving_while_a_sync_runs_gets_a_sync_of_its_own() -> None:
+    h = Harness()
+    h.set_service(WEB, web())  # created: the controller has not filled its endpoints yet
+    h.syncer.mark_initial_lists_complete()
+    proxier = h.syncer.proxier
+    real_sync = proxier.sync
+
+    async def sync_meanwhile_updated(*args: Any, **kwargs: Any) -> Any:
+        # The endpoints arrive from the watch while the first sync is being applied.
+        h.set_service(WEB, web(E1, E2))
+        return await real_sync(*args, **kwargs)
+
+    proxier.sync = sync_meanwhile_updated  # type: ignore[method-assign]
+    h.run(1)
+    proxier.sync = real_sync  # type: ignore[method-assign]
+    h.run(2)
+    # The next sync comes after the rate limit, not after the 30 s full resync.
+    assert h.clock.waits == [1.0]
+    assert len(h.nat(service_chain(WEB, "TCP"))) == 2
+
+
 def test_a_change_syncs_partially_and_leaves_the_same_rules_as_a_full_sync() -> None:
     h = Harness()
     h.set_service(WEB, web(E1))
@@ -214,6 +236,28 @@ def test_an_external_flush_is_seen_by_the_canary_and_repaired_by_a_full_sync() -
     h.run(1)  # full sync, at once: the last sync was long enough ago
     assert h.clock.waits == [5.0, 5.0]
     assert h.backend.tables == before
+    assert h.metric("kopflet_proxy_canary_repairs_total") == 1
+
+
+def test_a_rule_put_ahead_of_our_forward_hook_is_seen_and_the_hook_moved_back_to_the_top() -> None:
+    h = Harness()
+    h.set_service(WEB, web())  # no endpoints: only our REJECT stops a new connection
+    h.syncer.mark_initial_lists_complete()
+    h.run(1)
+    # Docker creating its network inserts its own rules at the top of FORWARD.
+    h.backend.restore(
+        "*filter\n:DOCKER-USER - [0:0]\n"
+        "-I FORWARD 1 -i kopflet0 ! -o kopflet0 -j ACCEPT\n"
+        "-I FORWARD 1 -j DOCKER-USER\nCOMMIT\n"
+    )
+    h.run(2)  # waits 5 s, canary: our hook is no longer first -> full sync requested
+    h.run(1)
+    forward = h.backend.rules("filter", "FORWARD")
+    assert forward[0].endswith("-j KOPFLET-FORWARD")
+    assert sum(r.endswith("-j KOPFLET-FORWARD") for r in forward) == 1
+    assert forward[1:] == ["-j DOCKER-USER", "-i kopflet0 ! -o kopflet0 -j ACCEPT"]
+    assert h.metric("kopflet_proxy_canary_repairs_total") == 1
+    h.run(2)  # in place now: the canary stays quiet
     assert h.metric("kopflet_proxy_canary_repairs_total") == 1
 
 

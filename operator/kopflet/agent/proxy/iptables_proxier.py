@@ -14,6 +14,7 @@ from collections.abc import Mapping, Set
 
 from kopflet.agent.proxy import chain_names as names
 from kopflet.agent.proxy.iptables_render import (
+    FILTER,
     HOOKS,
     TABLES,
     Hook,
@@ -29,20 +30,40 @@ from kopflet.agent.proxy.netfilter_backend import (
 from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
 
 
-def missing_hooks(saved: Mapping[str, str]) -> list[Hook]:
-    """Hooks whose jump is absent from their built-in chain, per ``iptables-save`` output.
+def _is_jump(rule: str, hook: Hook) -> bool:
+    return rule.startswith(f"-A {hook.chain} ") and rule.endswith(f"-j {hook.target}")
 
-    Matched on chain and target only: ``iptables-save`` reorders match options, so the
-    saved text of a rule is not the text we wrote.
+
+def hooks_out_of_place(saved: Mapping[str, str]) -> dict[Hook, int]:
+    """Hooks that are not the one first rule of their built-in chain, per ``iptables-save``
+    output, each with how many copies of it are there now (to delete before inserting).
+
+    First, not merely present: Docker inserts its own rules at the top of FORWARD when it
+    creates a network, and its ``-i <bridge> ! -o <bridge> -j ACCEPT`` ahead of our jump
+    would let an instance's connection to a service without endpoints slip past the
+    REJECT. Matched on chain and target only: ``iptables-save`` reorders match options,
+    so the saved text of a rule is not the text we wrote.
     """
-    missing = []
+    out_of_place: dict[Hook, int] = {}
     for hook in HOOKS:
-        rules = iptables_rules(saved.get(hook.table, ""))
-        if not any(
-            r.startswith(f"-A {hook.chain} ") and r.endswith(f"-j {hook.target}") for r in rules
-        ):
-            missing.append(hook)
-    return missing
+        rules = [
+            r
+            for r in iptables_rules(saved.get(hook.table, ""))
+            if r.startswith(f"-A {hook.chain} ")
+        ]
+        copies = sum(1 for r in rules if _is_jump(r, hook))
+        if copies != 1 or not _is_jump(rules[0], hook):
+            out_of_place[hook] = copies
+    return out_of_place
+
+
+def missing_hooks(saved: Mapping[str, str]) -> list[Hook]:
+    """The hooks :func:`hooks_out_of_place` finds, without their copy counts."""
+    return list(hooks_out_of_place(saved))
+
+
+def first_rule_is_hook(rules: list[str] | None, hook: Hook) -> bool:
+    return rules is not None and len(rules) > 0 and _is_jump(rules[0], hook)
 
 
 class IptablesProxier:
@@ -92,11 +113,13 @@ class IptablesProxier:
                 table: {ChainName(c) for c in iptables_chains(saved[table]) if names.is_hashed(c)}
                 for table in TABLES
             }
+            to_place = hooks_out_of_place(saved)
             return render_iptables_ruleset(
                 state.service_ports,
                 instance_cidrs=state.instance_cidrs,
                 stale_chains=stale,
-                missing_hooks=missing_hooks(saved),
+                missing_hooks=list(to_place),
+                hook_copies=to_place,
             )
         skip = {
             name
@@ -118,9 +141,20 @@ class IptablesProxier:
         return await asyncio.to_thread(self.canary_intact_blocking)
 
     def canary_intact_blocking(self) -> bool:
+        """Our canary chains are there, and the filter hooks still come first.
+
+        The filter table's built-in chains are short, and they are where another program
+        (Docker creating a network) puts rules ahead of ours; the nat chains are not checked
+        here: nothing there overrides our DNAT, and the next full sync reorders them anyway.
+        """
         for table in TABLES:
             rules = self.backend.list_chain(table, names.CANARY)
             if not rules or not any("kopflet canary" in r for r in rules):
+                return False
+        for hook in HOOKS:
+            if hook.table == FILTER and not first_rule_is_hook(
+                self.backend.list_chain(FILTER, hook.chain), hook
+            ):
                 return False
         return True
 

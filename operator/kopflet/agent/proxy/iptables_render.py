@@ -118,6 +118,13 @@ def _comment(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
 
+def _reject(protocol: str) -> str:
+    """TCP is refused with a reset: the kernel rate-limits the ICMP errors it sends to one
+    host (``net.ipv4.icmp_ratelimit``: one a second after a burst of six), so a client
+    opening connections in a loop would see most refusals only after a SYN retransmit."""
+    return "-j REJECT --reject-with tcp-reset" if protocol == "TCP" else "-j REJECT"
+
+
 def _match(protocol: str, port: int) -> str:
     proto = protocol.lower()
     return f"-p {proto} -m {proto} --dport {port}"
@@ -130,13 +137,15 @@ def render_iptables_ruleset(
     skip: Set[ServicePortName] = frozenset(),
     stale_chains: Mapping[str, Iterable[ChainName]] | None = None,
     missing_hooks: Iterable[Hook] = HOOKS,
+    hook_copies: Mapping[Hook, int] | None = None,
 ) -> RenderedRuleset:
     """Render every chain of ours for ``service_ports``.
 
     ``skip``: service-ports whose own chains are already programmed as they should be
     (partial sync); their jumps in the shared chains are still written. ``stale_chains``
     per table are flushed and deleted. ``missing_hooks`` are inserted at the top of
-    their built-in chains (the caller checks which exist; by default all are written).
+    their built-in chains (the caller checks which exist; by default all are written),
+    after deleting the ``hook_copies`` already there (a hook that is no longer first).
     """
     filt, nat = _Table(FILTER), _Table(NAT)
     tables = {FILTER: filt, NAT: nat}
@@ -144,7 +153,7 @@ def render_iptables_ruleset(
         for chain in FIXED_CHAINS[table.name]:
             table.chain(chain)
     for hook in missing_hooks:
-        tables[hook.table].rule(f"-I {hook.chain} 1 {hook.spec}")
+        _place_hook(tables[hook.table], hook, (hook_copies or {}).get(hook, 0))
     _render_fixed_rules(filt, nat, instance_cidrs=sorted(set(instance_cidrs)))
     fixed = len(filt.rules) + len(nat.rules)
     active: dict[str, set[ChainName]] = {FILTER: set(filt.chains), NAT: set(nat.chains)}
@@ -218,7 +227,10 @@ FORWARD_HOOKS: tuple[Hook, ...] = tuple(h for h in HOOKS if h.target == names.FO
 
 
 def render_iptables_forward_ruleset(
-    instance_cidrs: Iterable[str], *, missing_hooks: Iterable[Hook] = FORWARD_HOOKS
+    instance_cidrs: Iterable[str],
+    *,
+    missing_hooks: Iterable[Hook] = FORWARD_HOOKS,
+    hook_copies: Mapping[Hook, int] | None = None,
 ) -> str:
     """Only ``KOPFLET-FORWARD``, for the nftables mode on a node whose Docker keeps its
     rules in iptables: an accept in our nft table can't overrule a drop in Docker's
@@ -226,9 +238,15 @@ def render_iptables_forward_ruleset(
     filt = _Table(FILTER)
     filt.chain(names.FORWARD)
     for hook in missing_hooks:
-        filt.rule(f"-I {hook.chain} 1 {hook.spec}")
+        _place_hook(filt, hook, (hook_copies or {}).get(hook, 0))
     _render_forward_rules(filt, instance_cidrs=sorted(set(instance_cidrs)))
     return "\n".join(filt.text()) + "\n"
+
+
+def _place_hook(table: _Table, hook: Hook, copies: int) -> None:
+    for _ in range(copies):
+        table.rule(f"-D {hook.chain} {hook.spec}")
+    table.rule(f"-I {hook.chain} 1 {hook.spec}")
 
 
 def _render_service_port(
@@ -244,16 +262,17 @@ def _render_service_port(
     if not info.endpoints:
         # REJECT in filter, not nat: the client gets "connection refused" at once
         # instead of waiting for a SYN that goes nowhere.
+        reject = _reject(info.protocol)
         filt.rule(
             f"-A {names.SERVICES}",
             _comment(f"{name} has no endpoints"),
-            f"-d {info.cluster_ip}/32 {match} -j REJECT",
+            f"-d {info.cluster_ip}/32 {match} {reject}",
         )
         if info.node_port is not None:
             filt.rule(
                 f"-A {names.EXTERNAL_SERVICES}",
                 _comment(f"{name} has no endpoints"),
-                f"-m addrtype --dst-type LOCAL {_match(info.protocol, info.node_port)} -j REJECT",
+                f"-m addrtype --dst-type LOCAL {_match(info.protocol, info.node_port)} {reject}",
             )
         return []
     svc = names.service_chain(name, info.protocol)

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Set
 
 from kopflet.agent.proxy import chain_names as names
-from kopflet.agent.proxy.iptables_proxier import missing_hooks
+from kopflet.agent.proxy.iptables_proxier import hooks_out_of_place
 from kopflet.agent.proxy.iptables_render import FORWARD_HOOKS, render_iptables_forward_ruleset
 from kopflet.agent.proxy.model import ChainName, ProxyMode, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterBackend, nft_objects
@@ -70,16 +70,20 @@ class NftablesProxier:
     def _sync_forwarding(self, state: ProxyState, *, full: bool) -> None:
         assert self.forward_backend is not None
         # A handful of rules: rewritten every sync, hooks checked on full syncs only.
-        hooks = (
-            [
-                h
-                for h in missing_hooks({"filter": self.forward_backend.save("filter")})
+        to_place = (
+            {
+                h: n
+                for h, n in hooks_out_of_place(
+                    {"filter": self.forward_backend.save("filter")}
+                ).items()
                 if h in FORWARD_HOOKS
-            ]
+            }
             if full
-            else []
+            else {}
         )
-        ruleset = render_iptables_forward_ruleset(state.instance_cidrs, missing_hooks=hooks)
+        ruleset = render_iptables_forward_ruleset(
+            state.instance_cidrs, missing_hooks=list(to_place), hook_copies=to_place
+        )
         self.forward_backend.restore(ruleset)
 
     def _render(

@@ -67,6 +67,8 @@ _FIXED_RULES: tuple[tuple[str, str], ...] = (
     ("filter-forward", "ct state related,established accept"),
     ("filter-forward", "ip daddr @instance-subnets accept"),
     ("filter-forward", "ip saddr @instance-subnets accept"),
+    # TCP gets a reset: ICMP errors to one host are rate-limited (see iptables_render).
+    ("reject-chain", "meta l4proto tcp reject with tcp reset"),
     ("reject-chain", "reject"),
     ("canary", CANARY_RULE),
     ("mark-for-masquerade", f"meta mark set meta mark | {_MARK}"),

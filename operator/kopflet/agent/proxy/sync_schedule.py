@@ -69,13 +69,22 @@ class SyncSchedule:
         since = max(self.last_full_success, self.last_canary_check or -math.inf)
         return since + self.policy.canary_interval
 
+    def start_sync(self, *, full: bool) -> None:
+        """The sync about to run takes every request made so far, and none made while it runs.
+
+        Called when the changes are drained, before the sync is awaited: a change that
+        arrives during the sync asks again and must get a sync of its own. (Clearing the
+        request only when the sync ended lost such changes until the next full resync.)
+        """
+        self.requested = False
+        if full:
+            self.needs_full = False
+
     def record_sync(self, now: float, *, full: bool, ok: bool) -> None:
         self.last_attempt = now
         if ok:
-            self.requested = False
             self.failures = 0
             if full:
-                self.needs_full = False
                 self.last_full_success = now
         else:
             self.failures += 1

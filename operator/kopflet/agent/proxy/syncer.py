@@ -101,7 +101,9 @@ class ProxySyncer:
             intact = True
         self.schedule.record_canary(self._clock.monotonic(), intact=intact)
         if not intact:
-            logger.warning("proxy rules were flushed externally; resyncing fully")
+            logger.warning(
+                "proxy rules were flushed or put behind others externally; resyncing fully"
+            )
             if self._metrics:
                 self._metrics.canary_repairs.inc()
         return intact
@@ -111,6 +113,7 @@ class ProxySyncer:
         now = self._clock.monotonic()
         full = self.schedule.full_due(now)
         service_changes = self.services.drain()
+        self.schedule.start_sync(full=full)
         if self.nodes.drain() or full:
             self._routes_dirty = True
         self._pending_flushes.update(plan_conntrack_flushes(service_changes))
