@@ -214,6 +214,19 @@ def test_kopflet_logs_prints_each_containers_output_and_the_previous_attempts(
             ],
         ),
     )
+
+    def counter_started() -> bool:
+        obj = admin_api.instance(namespace, "talk") or {}
+        statuses = (obj.get("status") or {}).get("containerStatuses") or []
+        return any(s["name"] == "counter" and "running" in (s.get("state") or {}) for s in statuses)
+
+    # Until the agent reports the container, `kopflet logs` rightly says it is not there yet.
+    wait_for(
+        counter_started,
+        timeout=60,
+        message="the counter running",
+        diagnose=lambda: cluster.diagnose("instance", "talk", namespace),
+    )
     wait_for(
         lambda: "line-3" in kopflet_logs(cluster, namespace, "talk", "-c", "counter"),
         timeout=60,

@@ -68,10 +68,9 @@ def test_node_port_on_either_node_reaches_endpoints_on_both_nodes_from_outside(
 def test_service_without_endpoints_is_refused_at_once(net: Topology, mode: str) -> None:
     service = proxy_service("empty", cluster_ip=VIP, endpoints=[], node_port=30081)
     start(net, mode, [service])
-    started = time.monotonic()
+    # "refused" is the REJECT's answer at once; a dropped SYN would end in "timeout" after 3 s.
     assert net.connect("c1", VIP, 80, count=3) == ["refused"] * 3
     assert net.connect("r", NODE_ADDRESSES["n1"], 30081) == ["refused"]
-    assert time.monotonic() - started < 2.0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -89,17 +88,16 @@ def test_an_endpoint_turning_unready_leaves_rotation_within_2s(net: Topology, mo
     start(net, mode, [proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2", "e3"])])
     assert "e3" in net.connect("c1", VIP, 80, count=30)
     # The controller drops the unready instance from status.endpoints.
+    before = [len(driver.synced) for driver in net.drivers]
     changed = time.monotonic()
     for driver in net.drivers:
         driver.send({"service": proxy_service("web", cluster_ip=VIP, endpoints=["e1", "e2"])})
-    deadline = changed + 2.0
-    while True:
-        answers = net.connect("c1", VIP, 80, count=10)
-        if "e3" not in answers:
-            break
-        assert time.monotonic() < deadline, "e3 still answers 2 s after it became unready"
-    assert time.monotonic() - changed <= 2.5
+    for driver, count in zip(net.drivers, before, strict=True):
+        driver.wait_synced(count + 1, timeout=10)
+    applied = max(driver.synced[count] for driver, count in zip(net.drivers, before, strict=True))
+    # Thirty answers without e3: by chance with e3 still in rotation, (2/3)^30 = 5e-6.
     assert "e3" not in net.connect("c1", VIP, 80, count=30)
+    assert applied - changed <= 2.0, f"the rules changed {applied - changed:.2f} s later"
 
 
 @pytest.mark.parametrize("mode", MODES)
