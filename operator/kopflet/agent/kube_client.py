@@ -5,6 +5,13 @@ client's loaders, so every form a kubeconfig can take works; the requests themse
 through one aiohttp session in the agent's event loop, so a slow API server never holds a
 thread and a watch costs one connection.
 
+Every connection has TCP keepalive probes and a user timeout (:func:`keepalive_socket`): a
+watch over a link that went down is otherwise only noticed when its read timeout (the
+server's watch timeout plus a margin, minutes) runs out, and the node would miss evictions
+and changes that long after the link came back -- client-go pings its HTTP/2 connections for
+the same reason. A silent but alive API server (stopped, overloaded) still answers the
+probes in its kernel, so this never cuts a watch that is merely quiet.
+
 Errors the loops branch on are typed: :class:`NotFound`, :class:`Conflict`, :class:`Gone`
 (a resourceVersion too old to watch from) and :class:`ApiUnavailable` (no answer at all:
 retry later, and meanwhile change nothing on the node).
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -140,6 +148,28 @@ def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
     return [line for line in lines if line.strip()], rest
 
 
+#: Idle seconds before the first keepalive probe, seconds between probes, probes lost before
+#: the connection is dropped; and how long written data may stay unacknowledged (ms).
+KEEPALIVE_IDLE: Final = 15
+KEEPALIVE_INTERVAL: Final = 5
+KEEPALIVE_PROBES: Final = 3
+USER_TIMEOUT_MS: Final = 45_000
+
+
+def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A client socket that notices a dead peer in about 30 s of silence (see the module doc)."""
+    family, kind, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults stand
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    return sock
+
+
 class KubeClient:
     """One API server; the session is made in the running loop on first use."""
 
@@ -167,7 +197,9 @@ class KubeClient:
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                ssl=_ssl_context(self._configuration), limit=self._max_connections
+                ssl=_ssl_context(self._configuration),
+                limit=self._max_connections,
+                socket_factory=keepalive_socket,
             )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
