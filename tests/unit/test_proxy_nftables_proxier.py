@@ -3,10 +3,14 @@ table, partial ones trust the last sync, failures force a full one."""
 
 from __future__ import annotations
 
+import random
+import re
+from dataclasses import replace
+
 import pytest
 
 from kopflet.agent.proxy.chain_names import nft_endpoint_chain, nft_service_chain
-from kopflet.agent.proxy.fake_backend import FakeIptablesBackend
+from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend
 from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterError
 from kopflet.agent.proxy.nftables_proxier import NftablesProxier
@@ -93,3 +97,108 @@ def test_forwarding_chain_goes_to_dockers_iptables_with_the_hook_checked_on_full
         "-d 10.244.1.0/24 -j ACCEPT" in r for r in iptables.rules("filter", "KOPFLET-FORWARD")
     )
     assert "nat" not in "".join(iptables.restored)
+
+
+def random_state(rnd: random.Random, size: int) -> ProxyState:
+    """Up to ``size`` service-ports picked at random, each with random endpoints, node
+    port, affinity; some share a virtual IP and port (both without endpoints, they want
+    the same map entry)."""
+    ports: dict[ServicePortName, ServicePortInfo] = {}
+    for i in range(size):
+        if rnd.random() < 0.3:
+            continue
+        endpoints = tuple(
+            sorted(
+                EndpointInfo(f"10.244.{j}.{i + 1}", rnd.choice([8080, 9090]))
+                for j in rnd.sample(range(6), rnd.randint(0, 4))
+            )
+        )
+        ports[ServicePortName("ns", f"svc-{i}", "http" if i % 3 else "")] = ServicePortInfo(
+            cluster_ip=f"10.96.0.{100 + i if endpoints else i // 2}",
+            port=80 if endpoints else 53,
+            protocol=rnd.choice(["TCP", "UDP"]),
+            endpoints=endpoints,
+            node_port=rnd.choice([None, 30000 + i]),
+            affinity_timeout=rnd.choice([None, 60, 120]),
+        )
+    cidrs = tuple(sorted(rnd.sample(["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], 2)))
+    return ProxyState(service_ports=ports, instance_cidrs=cidrs)
+
+
+def changed_between(before: ProxyState, after: ProxyState) -> set[ServicePortName]:
+    """What the change tracker hands the proxier: every service-port that differs."""
+    a, b = before.service_ports, after.service_ports
+    return {n for n in a.keys() | b.keys() if a.get(n) != b.get(n)}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: int) -> None:
+    rnd = random.Random(seed)
+    backend = FakeNftBackend()
+    proxier = NftablesProxier(backend)
+    current = random_state(rnd, 12)
+    assert proxier.sync_blocking(current, changed=set(), full=True).full
+    for _ in range(15):
+        # A few service-ports change at a time, the others stay as they were.
+        target = random_state(rnd, 12)
+        mixed = dict(current.service_ports)
+        for name in rnd.sample(sorted(mixed.keys() | target.service_ports.keys()), 3):
+            if name in target.service_ports:
+                mixed[name] = target.service_ports[name]
+            else:
+                mixed.pop(name, None)
+        after = ProxyState(
+            service_ports=mixed,
+            instance_cidrs=target.instance_cidrs if rnd.random() < 0.3 else current.instance_cidrs,
+        )
+        outcome = proxier.sync_blocking(after, changed=changed_between(current, after), full=False)
+        assert not outcome.full
+        current = after
+
+        fresh_backend = FakeNftBackend()
+        fresh = NftablesProxier(fresh_backend).sync_blocking(current, changed=set(), full=True)
+        assert backend.table == fresh_backend.table
+        assert outcome.rules_programmed == fresh.rules_programmed
+    assert backend.save_calls == 1
+
+
+def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
+    ports = {
+        ServicePortName("bulk", f"s{i}"): ServicePortInfo(
+            cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}",
+            port=80,
+            protocol="TCP",
+            endpoints=tuple(
+                EndpointInfo(f"10.{64 + j}.{i // 250}.{i % 250 + 1}", 8080) for j in range(3)
+            ),
+        )
+        for i in range(500)
+    }
+    backend = FakeNftBackend()
+    proxier = NftablesProxier(backend)
+    proxier.sync_blocking(ProxyState(service_ports=ports), changed=set(), full=True)
+    name = ServicePortName("bulk", "s7")
+    info = ports[name]
+    fewer = {**ports, name: replace(info, endpoints=info.endpoints[:2])}
+    proxier.sync_blocking(ProxyState(service_ports=fewer), changed={name}, full=False)
+    text = backend.restored[-1]
+    assert len(text.splitlines()) < 70  # the fixed chains (~50 lines) and one service-port
+    assert "bulk/s7" in text and not re.search(r"bulk/s(?!7\b)", text)
+    gone = nft_endpoint_chain(name, "TCP", info.endpoints[2])
+    assert f"delete chain ip kopflet {gone}" in text
+    assert gone not in backend.table.chains
+
+
+def test_a_failed_partial_sync_makes_the_next_one_full_and_right() -> None:
+    backend = FakeNftBackend()
+    proxier = NftablesProxier(backend)
+    proxier.sync_blocking(state(E1, E2), changed=set(), full=True)
+    backend.fail_restores = 1
+    with pytest.raises(NetfilterError):
+        proxier.sync_blocking(state(E1), changed={WEB}, full=False)
+    # Changed behind our back meanwhile: the full sync repairs it.
+    backend.flush_table()
+    assert proxier.sync_blocking(state(E1), changed=set(), full=False).full
+    fresh = FakeNftBackend()
+    NftablesProxier(fresh).sync_blocking(state(E1), changed=set(), full=True)
+    assert backend.table == fresh.table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -13,7 +14,7 @@ from kopflet.agent.proxy.chain_names import (
     nft_service_chain,
 )
 from kopflet.agent.proxy.model import ChainName, EndpointInfo, ServicePortInfo, ServicePortName
-from kopflet.agent.proxy.nftables_render import render_nftables_ruleset
+from kopflet.agent.proxy.nftables_render import render_nftables_partial, render_nftables_ruleset
 
 pytestmark = pytest.mark.unit
 
@@ -172,13 +173,123 @@ def test_partial_render_leaves_unchanged_chains_and_affinity_sets_alone() -> Non
     web = ServicePortInfo(
         cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,), affinity_timeout=5
     )
+    dns = ServicePortInfo(cluster_ip="10.96.0.53", port=53, protocol="UDP", endpoints=(E2,))
+    full = render_nftables_ruleset({WEB: web, DNS: dns})
+    refs = {e: 1 for owned in full.service_ports.values() for e in owned.elements}
+    rendered = render_nftables_partial(
+        {WEB: web, DNS: dns},
+        changed={DNS},
+        programmed=full.service_ports,
+        element_refs=refs,
+    )
     svc, s1 = nft_service_chain(WEB, "TCP"), nft_endpoint_chain(WEB, "TCP", E1)
-    rendered = render_nftables_ruleset({WEB: web}, skip={WEB})
-    assert svc not in rendered.text.replace(f"goto {svc}", "")
-    assert f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto {svc} }}" in rendered.text
-    assert {svc, s1} <= rendered.chains
-    assert nft_affinity_set(WEB, "TCP", E1, 5) in rendered.sets
-    assert rendered.rules_by_service == {}
+    for name in (svc, s1, nft_affinity_set(WEB, "TCP", E1, 5), "10.96.0.10"):
+        assert name not in rendered.text
+    assert f"add chain {T} {nft_service_chain(DNS, 'UDP')}" in rendered.text
+    assert "add element" not in rendered.text and "delete" not in rendered.text
+    assert "flush map" not in rendered.text and "flush set" not in rendered.text
+    assert set(rendered.service_ports) == {DNS}
+
+
+def _partial_lines(text: str) -> list[str]:
+    """A partial render's lines minus the fixed part every sync rewrites."""
+    fixed = set(FIXED)
+    return [ln for ln in text.splitlines() if ln not in fixed]
+
+
+def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries() -> None:
+    others = {
+        ServicePortName("bulk", f"s{i}"): ServicePortInfo(
+            cluster_ip=f"10.96.1.{i}",
+            port=80,
+            protocol="TCP",
+            endpoints=(EndpointInfo(f"10.244.3.{i}", 8080),),
+            node_port=31000 + i,
+        )
+        for i in range(50)
+    }
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1, E2), node_port=30080
+    )
+    before = {**others, WEB: web}
+    full = render_nftables_ruleset(before)
+    refs = {e: 1 for owned in full.service_ports.values() for e in owned.elements}
+    svc, ext = nft_service_chain(WEB, "TCP"), nft_external_chain(WEB, "TCP")
+    s1, s2 = (nft_endpoint_chain(WEB, "TCP", e) for e in (E1, E2))
+    c = 'comment "default/web:http"'
+
+    # One endpoint gone: the service-port's chains, the gone endpoint's chain deleted,
+    # no map entry touched (the virtual IP still goes to the same chain).
+    one_gone = render_nftables_partial(
+        {**others, WEB: replace(web, endpoints=(E1,))},
+        changed={WEB},
+        programmed=full.service_ports,
+        element_refs=refs,
+    )
+    assert sorted(_partial_lines(one_gone.text)) == sorted(
+        [
+            *(f"add chain {T} {x}" for x in (svc, s1, ext)),
+            *(f"flush chain {T} {x}" for x in (svc, s1, ext, s2)),
+            f"add rule {T} {ext} jump mark-for-masquerade {c}",
+            f"add rule {T} {ext} goto {svc}",
+            f"add rule {T} {svc} goto {s1} {c}",
+            f"add rule {T} {s1} ip saddr 10.244.1.2 jump mark-for-masquerade",
+            f"add rule {T} {s1} meta l4proto tcp dnat to 10.244.1.2:8080 {c}",
+            f"delete chain {T} {s2}",
+        ]
+    )
+    assert one_gone.element_refs == {}
+
+    # No endpoints left: its chains go, its entries move to the no-endpoint maps; the
+    # deletions of entries come before the additions, the chains' deletions last.
+    none_left = render_nftables_partial(
+        {**others, WEB: replace(web, endpoints=())},
+        changed={WEB},
+        programmed=full.service_ports,
+        element_refs=refs,
+    )
+    lines = _partial_lines(none_left.text)
+    assert sorted(lines) == sorted(
+        [
+            *(f"flush chain {T} {x}" for x in (svc, s1, s2, ext)),
+            f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}",
+            f"delete element {T} service-nodeports {{ tcp . 30080 }}",
+            f"add element {T} no-endpoint-services {{ 10.96.0.10 . tcp . 80 : goto reject-chain }}",
+            f"add element {T} no-endpoint-nodeports {{ tcp . 30080 : goto reject-chain }}",
+            *(f"delete chain {T} {x}" for x in (svc, s1, s2, ext)),
+        ]
+    )
+    assert lines.index(f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}") < min(
+        i for i, ln in enumerate(lines) if ln.startswith("add element")
+    )
+    assert none_left.service_ports[WEB] is not None
+    assert not none_left.service_ports[WEB].chains
+
+    # Removed: everything it owned goes, nothing of the others is named.
+    removed = render_nftables_partial(
+        others, changed={WEB}, programmed=full.service_ports, element_refs=refs
+    )
+    assert removed.service_ports == {WEB: None}
+    assert all(not ln.startswith("add") for ln in _partial_lines(removed.text))
+    assert "bulk/" not in removed.text and "10.96.1." not in removed.text
+    assert undefined_references(one_gone.text + removed.text) == []
+
+
+def test_a_map_entry_two_service_ports_want_stays_until_both_are_gone() -> None:
+    a, b = ServicePortName("ns", "a"), ServicePortName("ns", "b")
+    info = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP")
+    full = render_nftables_ruleset({a: info, b: info})
+    refs = {("no-endpoint-services", "10.96.0.10 . tcp . 80", "goto reject-chain"): 2}
+    one = render_nftables_partial(
+        {b: info}, changed={a}, programmed=full.service_ports, element_refs=refs
+    )
+    assert "element" not in one.text
+    assert one.element_refs == dict.fromkeys(refs, 1)
+    both = render_nftables_partial(
+        {}, changed={a, b}, programmed=full.service_ports, element_refs=refs
+    )
+    assert f"delete element {T} no-endpoint-services {{ 10.96.0.10 . tcp . 80 }}" in both.text
+    assert both.element_refs == dict.fromkeys(refs, 0)
 
 
 def test_a_single_endpoint_needs_no_random_choice() -> None:

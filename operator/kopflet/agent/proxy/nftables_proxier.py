@@ -4,6 +4,12 @@ Same contract as the iptables mode: a full sync lists the table to find stale ch
 and sets, a partial one trusts what the last successful sync left, any failure makes
 the next one full.
 
+A partial sync costs what changed, not what exists: the proxier keeps, from the last
+successful sync, what every service-port owns in the table (chains, affinity sets, map
+entries) and how many service-ports want each map entry, so it can write the changed
+service-ports' chains, add and delete single map entries and delete what went away
+without naming anything else.
+
 On a node whose Docker keeps its rules in iptables, ``forward_backend`` also gets the
 one iptables chain ``KOPFLET-FORWARD``: Docker's FORWARD policy is DROP, and an accept
 in our table can't overrule a drop in another (every table has its say).
@@ -12,6 +18,7 @@ in our table can't overrule a drop in another (every table has its say).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Set
 
 from kopflet.agent.proxy import chain_names as names
@@ -22,7 +29,11 @@ from kopflet.agent.proxy.netfilter_backend import NetfilterBackend, nft_objects
 from kopflet.agent.proxy.nftables_render import (
     CANARY_CHAIN,
     FIXED_SETS,
-    RenderedNftRuleset,
+    MAPS,
+    NftElement,
+    NftServicePort,
+    fixed_rule_count,
+    render_nftables_partial,
     render_nftables_ruleset,
 )
 from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
@@ -34,8 +45,12 @@ class NftablesProxier:
     ) -> None:
         self.backend = backend
         self.forward_backend = forward_backend
-        self._programmed: RenderedNftRuleset | None = None
-        self._rules_by_service: dict[ServicePortName, int] = {}
+        # What the last successful sync left; ``None``: the next sync is full.
+        self._service_ports: dict[ServicePortName, NftServicePort] | None = None
+        self._element_refs: dict[NftElement, int] = {}
+        self._map_sizes: Counter[str] = Counter()
+        self._instance_cidrs: tuple[str, ...] = ()
+        self._service_rules = 0
 
     @property
     def mode(self) -> ProxyMode:
@@ -49,22 +64,21 @@ class NftablesProxier:
     def sync_blocking(
         self, state: ProxyState, *, changed: Set[ServicePortName], full: bool
     ) -> SyncOutcome:
-        full = full or self._programmed is None
+        full = full or self._service_ports is None
         try:
             if self.forward_backend is not None:
                 self._sync_forwarding(state, full=full)
-            rendered = self._render(state, changed=changed, full=full)
-            self.backend.restore(rendered.text)
+            if full:
+                self._sync_full(state)
+            else:
+                self._sync_partial(state, changed=changed)
         except BaseException:
-            self._programmed = None
+            self._service_ports = None
             raise
-        self._programmed = rendered
-        if full:
-            self._rules_by_service = {}
-        self._rules_by_service.update(rendered.rules_by_service)
-        for name in set(self._rules_by_service) - set(state.service_ports):
-            del self._rules_by_service[name]
-        total = rendered.fixed_rule_count + sum(self._rules_by_service.values())
+        total = self._service_rules + fixed_rule_count(
+            instance_cidrs=bool(self._instance_cidrs),
+            filled_maps=sum(1 for m in MAPS if self._map_sizes[m]),
+        )
         return SyncOutcome(full=full, rules_programmed=total)
 
     def _sync_forwarding(self, state: ProxyState, *, full: bool) -> None:
@@ -86,29 +100,56 @@ class NftablesProxier:
         )
         self.forward_backend.restore(ruleset)
 
-    def _render(
-        self, state: ProxyState, *, changed: Set[ServicePortName], full: bool
-    ) -> RenderedNftRuleset:
-        if full or self._programmed is None:
-            existing = nft_objects(self.backend.save(names.NFT_TABLE))
-            return render_nftables_ruleset(
-                state.service_ports,
-                instance_cidrs=state.instance_cidrs,
-                stale_chains={ChainName(c) for c in existing["chain"]},
-                stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
-            )
-        skip = {
-            name
-            for name in state.service_ports
-            if name not in changed and name in self._rules_by_service
-        }
-        return render_nftables_ruleset(
+    def _sync_full(self, state: ProxyState) -> None:
+        self._service_ports = None
+        existing = nft_objects(self.backend.save(names.NFT_TABLE))
+        rendered = render_nftables_ruleset(
             state.service_ports,
             instance_cidrs=state.instance_cidrs,
-            skip=skip,
-            stale_chains=self._programmed.chains,
-            stale_sets=self._programmed.sets - set(FIXED_SETS),
+            stale_chains={ChainName(c) for c in existing["chain"]},
+            stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
         )
+        self.backend.restore(rendered.text)
+        refs: Counter[NftElement] = Counter()
+        for owned in rendered.service_ports.values():
+            refs.update(owned.elements)
+        self._element_refs = dict(refs)
+        self._map_sizes = Counter(m for m, _, _ in refs)
+        self._instance_cidrs = _cidrs(state.instance_cidrs)
+        self._service_rules = sum(o.rules for o in rendered.service_ports.values())
+        self._service_ports = dict(rendered.service_ports)
+
+    def _sync_partial(self, state: ProxyState, *, changed: Set[ServicePortName]) -> None:
+        programmed = self._service_ports
+        assert programmed is not None
+        wanted = state.service_ports
+        # Added and removed service-ports count as changed even if nobody said so.
+        dirty = {n for n in changed if n in wanted or n in programmed}
+        dirty.update(wanted.keys() - programmed.keys(), programmed.keys() - wanted.keys())
+        cidrs = _cidrs(state.instance_cidrs)
+        rendered = render_nftables_partial(
+            wanted,
+            changed=dirty,
+            programmed=programmed,
+            element_refs=self._element_refs,
+            instance_cidrs=None if cidrs == self._instance_cidrs else cidrs,
+        )
+        self.backend.restore(rendered.text)
+        # Applied: the record follows.
+        for element, count in rendered.element_refs.items():
+            if count:
+                self._element_refs[element] = count
+            else:
+                self._element_refs.pop(element, None)
+        self._map_sizes.update(m for m, _, _ in rendered.elements_added)
+        self._map_sizes.subtract(m for m, _, _ in rendered.elements_deleted)
+        for name, owned in rendered.service_ports.items():
+            previous = programmed.pop(name, None)
+            self._service_rules -= previous.rules if previous else 0
+            if owned is not None:
+                programmed[name] = owned
+                self._service_rules += owned.rules
+        self._instance_cidrs = cidrs
 
     async def canary_intact(self) -> bool:
         return await asyncio.to_thread(self.canary_intact_blocking)
@@ -119,3 +160,7 @@ class NftablesProxier:
 
     async def close(self) -> None:
         return None
+
+
+def _cidrs(instance_cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set(instance_cidrs)))

@@ -1,4 +1,4 @@
-"""The nftables ruleset of the proxy: one table of ours, rendered whole for ``nft -f``.
+"""The nftables ruleset of the proxy: one table of ours, for ``nft -f``, whole or in part.
 
 Pure: service-ports in, text out. The shape follows kube-proxy's nftables mode: the
 table ``ip kopflet`` has its own base chains on the nat and filter hooks, and looks
@@ -15,13 +15,19 @@ services up in verdict maps instead of walking a chain rule by rule:
   service-port without endpoints to ``reject-chain``.
 
 Every chain written is declared (``add``, a no-op if it exists) and flushed in the same
-transaction; a chain not written keeps its rules, which is how a partial sync skips
-unchanged service-ports. ``flush table`` is never used: it would empty the affinity sets.
+transaction; a chain not written keeps its rules. ``flush table`` is never used: it would
+empty the affinity sets.
+
+:func:`render_nftables_ruleset` writes everything (a full sync). :func:`render_nftables_partial`
+writes what changed only: the chains of the service-ports that changed, ``add element`` /
+``delete element`` for the map entries that came or went, and deletes what those
+service-ports no longer need; what every other service-port owns (:class:`NftServicePort`,
+kept by the proxier from the previous sync) is neither named nor touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kopflet.agent.proxy import chain_names as names
@@ -79,22 +85,52 @@ _FIXED_RULES: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 
+#: One entry of one of our verdict maps: ``(map, key, verdict)``.
+NftElement = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class NftServicePort:
+    """What one service-port has in the table once its rules are applied: its own chains
+    and affinity sets, its entries in the shared maps, and how many rules it wrote."""
+
+    chains: frozenset[ChainName] = frozenset()
+    sets: frozenset[ChainName] = frozenset()
+    elements: frozenset[NftElement] = frozenset()
+    rules: int = 0
+
+
 @dataclass(frozen=True)
 class RenderedNftRuleset:
     """``text`` for ``nft -f``; ``chains`` and ``sets`` every object of ours that exists
-    once it is applied (skipped service-ports' included)."""
+    once it is applied; ``service_ports`` what each service-port owns."""
 
     text: str
     chains: frozenset[ChainName]
     sets: frozenset[ChainName]
     fixed_rule_count: int
     rules_by_service: Mapping[ServicePortName, int] = field(default_factory=dict)
+    service_ports: Mapping[ServicePortName, NftServicePort] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderedNftPartial:
+    """A partial sync: ``text`` for ``nft -f``; ``service_ports`` what each service-port
+    it rendered owns once applied (``None``: removed, it owns nothing any more);
+    ``element_refs`` the new count of service-ports wanting each map entry it touched."""
+
+    text: str
+    service_ports: Mapping[ServicePortName, NftServicePort | None]
+    element_refs: Mapping[NftElement, int]
+    elements_added: Sequence[NftElement] = ()
+    elements_deleted: Sequence[NftElement] = ()
 
 
 class _Buffer:
     def __init__(self) -> None:
         self.declarations: list[str] = []
         self.flushes: list[str] = []
+        self.element_deletions: list[str] = []
         self.rules: list[str] = []
         self.deletions: list[str] = []
         self.chains: set[ChainName] = set()
@@ -115,7 +151,15 @@ class _Buffer:
 
     def text(self) -> str:
         head = [f'add table {TABLE} {{ comment "kopflet proxy rules" ; }}']
-        lines = [*head, *self.declarations, *self.flushes, *self.rules, *self.deletions]
+        lines = [
+            *head,
+            *self.declarations,
+            *self.flushes,
+            # Before the adds: an entry may come back under the same key with a new verdict.
+            *self.element_deletions,
+            *self.rules,
+            *self.deletions,
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -123,56 +167,23 @@ def render_nftables_ruleset(
     service_ports: Mapping[ServicePortName, ServicePortInfo],
     *,
     instance_cidrs: Iterable[str] = (),
-    skip: Set[ServicePortName] = frozenset(),
     stale_chains: Iterable[ChainName] = (),
     stale_sets: Iterable[ChainName] = (),
 ) -> RenderedNftRuleset:
-    """Render the table for ``service_ports``; ``skip`` leaves those service-ports' own
-    chains as programmed (partial sync); stale chains and sets are deleted."""
+    """Render the whole table for ``service_ports`` (a full sync): every chain rewritten,
+    every map refilled; stale chains and sets are deleted."""
     buf = _Buffer()
-    for chain, declaration in BASE_CHAINS.items():
-        buf.chain(chain, declaration)
-    for chain in REGULAR_CHAINS:
-        buf.chain(chain)
-    for map_name, declaration in MAPS.items():
-        buf.declarations.append(f"add map {TABLE} {map_name} {{ {declaration} }}")
-        buf.flushes.append(f"flush map {TABLE} {map_name}")
-    for set_name, declaration in FIXED_SETS.items():
-        buf.declarations.append(f"add set {TABLE} {set_name} {{ {declaration} }}")
-        buf.flushes.append(f"flush set {TABLE} {set_name}")
-        buf.sets.add(ChainName(set_name))
-    for chain, rule in _FIXED_RULES:
-        buf.rule(chain, rule)
-    buf.elements("instance-subnets", sorted(set(instance_cidrs)))
-    fixed = len(buf.rules)
-
-    service_ips: list[str] = []
-    node_ports: list[str] = []
-    no_endpoint_ips: list[str] = []
-    no_endpoint_ports: list[str] = []
-    per_service: dict[ServicePortName, int] = {}
+    fixed = _render_fixed(buf, full=True, instance_cidrs=instance_cidrs)
+    by_map: dict[str, list[str]] = {m: [] for m in MAPS}
+    owned: dict[ServicePortName, NftServicePort] = {}
     for name in sorted(service_ports):
-        info = service_ports[name]
-        proto = info.protocol.lower()
-        if not info.endpoints:
-            no_endpoint_ips.append(f"{info.cluster_ip} . {proto} . {info.port} : goto reject-chain")
-            if info.node_port is not None:
-                no_endpoint_ports.append(f"{proto} . {info.node_port} : goto reject-chain")
-            continue
-        svc = names.nft_service_chain(name, info.protocol)
-        service_ips.append(f"{info.cluster_ip} . {proto} . {info.port} : goto {svc}")
-        if info.node_port is not None:
-            ext = names.nft_external_chain(name, info.protocol)
-            node_ports.append(f"{proto} . {info.node_port} : goto {ext}")
-        before = len(buf.rules)
-        _render_service_port(buf, name, info, skip_own_chains=name in skip)
-        if name not in skip:
-            per_service[name] = len(buf.rules) - before
-    buf.elements("service-ips", service_ips)
-    buf.elements("service-nodeports", node_ports)
-    buf.elements("no-endpoint-services", no_endpoint_ips)
-    buf.elements("no-endpoint-nodeports", no_endpoint_ports)
-    fixed += sum(1 for x in (service_ips, node_ports, no_endpoint_ips, no_endpoint_ports) if x)
+        objects = _render_service_port(buf, name, service_ports[name])
+        owned[name] = objects
+        for map_name, key, verdict in objects.elements:
+            by_map[map_name].append(f"{key} : {verdict}")
+    for map_name, elements in by_map.items():
+        buf.elements(map_name, elements)
+    fixed += sum(1 for elements in by_map.values() if elements)
 
     for chain in sorted(set(stale_chains) - buf.chains):
         # Flushed first: a chain with rules can't be deleted.
@@ -185,13 +196,131 @@ def render_nftables_ruleset(
         chains=frozenset(buf.chains),
         sets=frozenset(buf.sets),
         fixed_rule_count=fixed,
-        rules_by_service=per_service,
+        rules_by_service={n: o.rules for n, o in owned.items() if o.rules},
+        service_ports=owned,
     )
 
 
+def render_nftables_partial(
+    service_ports: Mapping[ServicePortName, ServicePortInfo],
+    *,
+    changed: Collection[ServicePortName],
+    programmed: Mapping[ServicePortName, NftServicePort],
+    element_refs: Mapping[NftElement, int],
+    instance_cidrs: Iterable[str] | None = None,
+) -> RenderedNftPartial:
+    """Render what a partial sync must change, and nothing else.
+
+    ``changed`` are the service-ports whose rules differ from what the last sync left
+    (added and removed ones included); ``programmed`` what every service-port owns since
+    then, ``element_refs`` how many service-ports want each map entry (two service-ports
+    may want the same entry). The fixed chains are rewritten (a handful of rules), the maps
+    are not flushed: only entries nobody wants any more are deleted and only new ones
+    added. ``instance_cidrs`` refills the forwarding set; ``None`` leaves it as it is.
+    """
+    buf = _Buffer()
+    _render_fixed(buf, full=False, instance_cidrs=instance_cidrs)
+    owned: dict[ServicePortName, NftServicePort | None] = {}
+    refs: dict[NftElement, int] = {}
+    old_chains: set[ChainName] = set()
+    old_sets: set[ChainName] = set()
+    for name in sorted(changed):
+        old = programmed.get(name, _NOTHING)
+        info = service_ports.get(name)
+        new = _NOTHING if info is None else _render_service_port(buf, name, info)
+        owned[name] = None if info is None else new
+        for element in old.elements - new.elements:
+            refs[element] = refs.get(element, element_refs.get(element, 0)) - 1
+        for element in new.elements - old.elements:
+            refs[element] = refs.get(element, element_refs.get(element, 0)) + 1
+        old_chains |= old.chains
+        old_sets |= old.sets
+
+    refs = {e: max(n, 0) for e, n in refs.items()}
+    deleted = sorted(e for e, n in refs.items() if n == 0 and element_refs.get(e, 0) > 0)
+    added = sorted(e for e, n in refs.items() if n > 0 and element_refs.get(e, 0) == 0)
+    for map_name in MAPS:
+        keys = [key for m, key, _ in deleted if m == map_name]
+        if keys:
+            buf.element_deletions.append(
+                f"delete element {TABLE} {map_name} {{ {', '.join(keys)} }}"
+            )
+    for map_name in MAPS:
+        buf.elements(map_name, [f"{key} : {v}" for m, key, v in added if m == map_name])
+
+    for chain in sorted(old_chains - buf.chains):
+        buf.flushes.append(f"flush chain {TABLE} {chain}")
+        buf.deletions.append(f"delete chain {TABLE} {chain}")
+    for set_name in sorted(old_sets - buf.sets):
+        buf.deletions.append(f"delete set {TABLE} {set_name}")
+    return RenderedNftPartial(
+        text=buf.text(),
+        service_ports=owned,
+        element_refs=refs,
+        elements_added=added,
+        elements_deleted=deleted,
+    )
+
+
+_NOTHING = NftServicePort()
+
+
+def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | None) -> int:
+    """The table's own chains, maps and sets; returns how many rules (element lines
+    included) it wrote. The maps are flushed on a full sync only."""
+    for chain, declaration in BASE_CHAINS.items():
+        buf.chain(chain, declaration)
+    for chain in REGULAR_CHAINS:
+        buf.chain(chain)
+    for map_name, declaration in MAPS.items():
+        buf.declarations.append(f"add map {TABLE} {map_name} {{ {declaration} }}")
+        if full:
+            buf.flushes.append(f"flush map {TABLE} {map_name}")
+    for set_name, declaration in FIXED_SETS.items():
+        buf.declarations.append(f"add set {TABLE} {set_name} {{ {declaration} }}")
+        if instance_cidrs is not None:
+            buf.flushes.append(f"flush set {TABLE} {set_name}")
+        buf.sets.add(ChainName(set_name))
+    for chain, rule in _FIXED_RULES:
+        buf.rule(chain, rule)
+    if instance_cidrs is not None:
+        buf.elements("instance-subnets", sorted(set(instance_cidrs)))
+    return len(buf.rules)
+
+
+def fixed_rule_count(*, instance_cidrs: bool, filled_maps: int) -> int:
+    """What :func:`render_nftables_ruleset` counts as fixed rules: the fixed chains'
+    rules and one per filled set or map."""
+    return len(_FIXED_RULES) + int(instance_cidrs) + filled_maps
+
+
+def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
+    """The entries ``name`` wants in the shared maps."""
+    proto = info.protocol.lower()
+    vip = f"{info.cluster_ip} . {proto} . {info.port}"
+    node_port = f"{proto} . {info.node_port}"
+    if not info.endpoints:
+        reject = "goto reject-chain"
+        elements = [("no-endpoint-services", vip, reject)]
+        if info.node_port is not None:
+            elements.append(("no-endpoint-nodeports", node_port, reject))
+        return elements
+    elements = [("service-ips", vip, f"goto {names.nft_service_chain(name, info.protocol)}")]
+    if info.node_port is not None:
+        ext = names.nft_external_chain(name, info.protocol)
+        elements.append(("service-nodeports", node_port, f"goto {ext}"))
+    return elements
+
+
 def _render_service_port(
-    buf: _Buffer, name: ServicePortName, info: ServicePortInfo, *, skip_own_chains: bool
-) -> None:
+    buf: _Buffer, name: ServicePortName, info: ServicePortInfo
+) -> NftServicePort:
+    """Write the chains of one service-port (none without endpoints: its map entries
+    reject); returns everything it owns once applied."""
+    elements = frozenset(_elements(name, info))
+    if not info.endpoints:
+        return NftServicePort(elements=elements)
+    before = len(buf.rules)
     proto = info.protocol.lower()
     svc = names.nft_service_chain(name, info.protocol)
     ext = names.nft_external_chain(name, info.protocol) if info.node_port is not None else None
@@ -203,10 +332,6 @@ def _render_service_port(
         else []
     )
     owned = [svc, *endpoint_chains, *([ext] if ext else [])]
-    if skip_own_chains:
-        buf.chains.update(owned)
-        buf.sets.update(affinity_sets)
-        return
     for chain in owned:
         buf.chain(chain)
     for set_name in affinity_sets:
@@ -237,3 +362,9 @@ def _render_service_port(
         if affinity_sets:
             buf.rule(chain, f"update @{affinity_sets[i]} {{ ip saddr }}")
         buf.rule(chain, f"meta l4proto {proto} dnat to {endpoint.address} {comment}")
+    return NftServicePort(
+        chains=frozenset(owned),
+        sets=frozenset(affinity_sets),
+        elements=elements,
+        rules=len(buf.rules) - before,
+    )
