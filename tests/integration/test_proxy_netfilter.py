@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from kopflet.agent.proxy.cleanup import cleanup_all
 from kopflet.agent.proxy.commands import CommandRunner
 from kopflet.agent.proxy.conversion import service_ports_from_object
 from kopflet.agent.proxy.iptables_proxier import IptablesProxier
-from kopflet.agent.proxy.model import EndpointInfo, ServicePortName
+from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import (
     IptablesBackend,
     NftablesBackend,
@@ -101,6 +102,69 @@ def test_nftables_table_holds_maps_and_a_partial_sync_deletes_the_gone_endpoint(
     assert f"chain {nft_endpoint_chain(WEB, 'TCP', E3)} " not in listing
     assert f"chain {nft_endpoint_chain(WEB, 'TCP', E1)} " in listing
     assert set(net.connect("c1", VIP, 80, count=10)) == {"e1"}
+
+
+def _nft_table(net: Topology, node: str) -> list[str]:
+    """Our table as the kernel holds it, comparable across namespaces: objects sorted,
+    handles dropped, rules in their chain's order, elements sorted."""
+    listing = json.loads(net.in_ns(node, "nft", "-j", "list", "table", "ip", "kopflet"))
+    objects: list[str] = []
+    for item in listing["nftables"]:
+        for kind, body in item.items():
+            if kind == "metainfo":
+                continue
+            body = {k: v for k, v in body.items() if k != "handle"}
+            if "elem" in body:
+                body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
+            objects.append(json.dumps([kind, body], sort_keys=True))
+    rules = [o for o in objects if o.startswith('["rule"')]
+    # Chains are listed in the order they were made; rules keep their order per chain.
+    rules.sort(key=lambda r: str(json.loads(r)[1]["chain"]))
+    return sorted(o for o in objects if not o.startswith('["rule"')) + rules
+
+
+def test_nftables_partial_syncs_leave_the_kernel_as_a_full_sync_of_the_final_state(
+    net: Topology,
+) -> None:
+    rnd = random.Random(8)
+    names = [ServicePortName("ns", f"svc-{i}") for i in range(8)]
+
+    def info(i: int) -> ServicePortInfo:
+        endpoints = tuple(
+            sorted(
+                EndpointInfo(f"10.244.{j}.{i + 1}", 8080)
+                for j in rnd.sample(range(5), rnd.randint(0, 3))
+            )
+        )
+        return ServicePortInfo(
+            cluster_ip=f"10.96.0.{100 + i if endpoints else i // 2}",
+            port=80 if endpoints else 53,
+            protocol=rnd.choice(["TCP", "UDP"]),
+            endpoints=endpoints,
+            node_port=rnd.choice([None, 30000 + i]),
+            affinity_timeout=rnd.choice([None, 60]),
+        )
+
+    ports = {n: info(i) for i, n in enumerate(names)}
+    proxier = NftablesProxier(NftablesBackend(CommandRunner(netns=net.ns("n1"))))
+    proxier.sync_blocking(ProxyState(service_ports=ports), changed=set(), full=True)
+    for _ in range(12):
+        changed = set(rnd.sample(names, 2))
+        for name in changed:
+            if rnd.random() < 0.25:
+                ports.pop(name, None)
+            else:
+                ports[name] = info(names.index(name))
+        cidrs = tuple(sorted(rnd.sample(["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], 2)))
+        outcome = proxier.sync_blocking(
+            ProxyState(service_ports=dict(ports), instance_cidrs=cidrs), changed=changed, full=False
+        )
+        assert not outcome.full
+    fresh = NftablesProxier(NftablesBackend(CommandRunner(netns=net.ns("n2"))))
+    fresh.sync_blocking(
+        ProxyState(service_ports=dict(ports), instance_cidrs=cidrs), changed=set(), full=True
+    )
+    assert _nft_table(net, "n1") == _nft_table(net, "n2")
 
 
 def _netfilter_without_counters(net: Topology, node: str) -> dict[str, str]:
