@@ -363,10 +363,30 @@ def faults_namespace(faults_cluster: FaultCluster) -> Iterator[str]:
         message="every NodeAgent Ready before the test",
         diagnose=lambda: faults_cluster.kubectl("get", "na", "-o", "wide", check=False).stdout,
     )
+    # ...and from a quiet one: the previous test's namespace is deleted without waiting, and
+    # its containers going away during this test's fault would look like damage done by it.
+    wait_for(
+        lambda: earlier_tests_gone(faults_cluster),
+        timeout=180,
+        interval=1,
+        message="the namespaces and containers of earlier tests removed",
+        diagnose=lambda: faults_cluster.kubectl("get", "ns", check=False).stdout,
+    )
     name = f"f-{os.urandom(4).hex()}"
     faults_cluster.kubectl("create", "namespace", name)
     yield name
     faults_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def earlier_tests_gone(cluster: FaultCluster) -> bool:
+    names = cluster.kubectl("get", "namespaces", "-o", "name", check=False).stdout.split()
+    if any(n.startswith("namespace/f-") for n in names):
+        return False
+    return not any(
+        c.labels.get("dev.kopflet.instance-namespace", "").startswith("f-")
+        for node in cluster.nodes
+        for c in cluster.our_containers(node, running_only=False)
+    )
 
 
 def all_nodes_ready(cluster: FaultCluster, nodes: list[str] | None = None) -> bool:

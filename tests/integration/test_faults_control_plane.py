@@ -29,11 +29,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 OUTAGE_SECONDS = 30
 
 
-@pytest.mark.xfail(
-    reason="open: on a loaded machine two other containers on the crashed instance's node were "
-    "seen stopped during the 30 s outage (issue 9 stays open until the cause is found)",
-    strict=False,
-)
 def test_control_plane_frozen_30s_leaves_nodes_alone_and_status_catches_up(
     faults_cluster: FaultCluster, faults_namespace: str
 ) -> None:
