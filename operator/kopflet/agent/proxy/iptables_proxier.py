@@ -141,18 +141,19 @@ class IptablesProxier:
         return await asyncio.to_thread(self.canary_intact_blocking)
 
     def canary_intact_blocking(self) -> bool:
-        """Our canary chains are there, and the filter hooks still come first.
+        """Our canary chains are there, and our FORWARD hook still comes first.
 
-        The filter table's built-in chains are short, and they are where another program
-        (Docker creating a network) puts rules ahead of ours; the nat chains are not checked
-        here: nothing there overrides our DNAT, and the next full sync reorders them anyway.
+        FORWARD is where another program is known to put rules ahead of ours (Docker, when it
+        creates a network, with an ACCEPT that would skip our REJECT). The other hooks are
+        reordered by the periodic full sync only: checking them every few seconds could turn
+        a firewall tool that keeps inserting at the top into a full resync every few seconds.
         """
         for table in TABLES:
             rules = self.backend.list_chain(table, names.CANARY)
             if not rules or not any("kopflet canary" in r for r in rules):
                 return False
         for hook in HOOKS:
-            if hook.table == FILTER and not first_rule_is_hook(
+            if (hook.table, hook.chain) == (FILTER, "FORWARD") and not first_rule_is_hook(
                 self.backend.list_chain(FILTER, hook.chain), hook
             ):
                 return False
