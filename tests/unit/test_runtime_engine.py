@@ -226,6 +226,36 @@ def test_deleted_instance_is_stopped_with_its_grace_period_and_cleaned_up(
     asyncio.run(Harness(tmp_path).run(scenario))
 
 
+def test_deleted_instance_leaves_no_state_behind(tmp_path: Path) -> None:
+    """Churn must not grow the agent: once an Instance is gone, late wakes for it (a
+    Docker event or relist change arriving after its worker ended) keep nothing."""
+
+    async def scenario(h: Harness) -> None:
+        inst = make_instance("web")
+        uid = inst.metadata.uid
+        assert uid is not None
+        h.engine.set_desired([inst])
+        await h.until(lambda: h.phase("web") == "Running")
+        deleting = dataclasses.replace(
+            inst,
+            metadata=dataclasses.replace(
+                inst.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
+            ),
+        )
+        h.engine.put(deleting)
+        await h.until(lambda: h.reporter.cleaned == ["web"])
+        h.engine.discard(uid)
+        await h.until(lambda: uid not in h.engine._workers)
+        h.engine.wake(uid)
+        await asyncio.sleep(0.3)  # a few relists of the engine
+        assert uid not in h.engine._wakeups
+        assert uid not in h.engine._workers
+        assert uid not in h.engine._written
+        assert uid not in h.engine._messages
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
 def test_instance_bound_to_another_node_is_removed(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         inst = make_instance("web")

@@ -142,6 +142,10 @@ class RuntimeEngine:
         self.wake(uid)
 
     def wake(self, uid: UID) -> None:
+        # A late Docker event or relist change of an instance whose worker is gone must
+        # not leave an Event behind for ever; its next worker (if any) syncs at once.
+        if uid not in self._workers and uid not in self._desired:
+            return
         self._wakeups.setdefault(uid, asyncio.Event()).set()
 
     def wake_all(self) -> None:
@@ -233,8 +237,8 @@ class RuntimeEngine:
             return
         task = self._workers.get(uid)
         if task is None or task.done():
-            self.wake(uid)
             self._workers[uid] = asyncio.create_task(self._worker(uid), name=f"instance-{uid}")
+            self.wake(uid)
 
     async def _worker(self, uid: UID) -> None:
         wake = self._wakeups.setdefault(uid, asyncio.Event())
