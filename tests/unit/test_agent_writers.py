@@ -287,3 +287,30 @@ def test_runtime_events_are_about_the_instance_by_uid() -> None:
     asyncio.run(recorder.flush())
     regarding = api.methods("POST")[0][1]["regarding"]
     assert (regarding["kind"], regarding["name"], regarding["uid"]) == ("Instance", "gone", "u9")
+
+
+def test_events_of_a_deleted_instance_are_forgotten_once_written() -> None:
+    api = FakeKubeApi()
+    recorder = EventRecorder(api, reporting_instance="n1", clock=Clock())
+    reporter = ApiReporter(api, events=recorder, finalizers=FinalizerWriter(api))
+    ref = InstanceRef(uid=UID("u9"), name="gone", namespace="ns")
+    reporter.event(ref, type="Normal", reason="Started", message="Started container c")
+    reporter.forget(UID("u9"))
+    assert recorder.tracked == 1  # not written yet: kept until it is
+    asyncio.run(recorder.flush())
+    reporter.event(ref, type="Normal", reason="Killing", message="Stopping container c")
+    asyncio.run(recorder.flush())
+    reporter.forget(UID("u9"))
+    assert recorder.tracked == 0
+    assert len(api.methods("POST")) == 2
+
+
+def test_written_events_expire_after_the_series_window() -> None:
+    api, clock = FakeKubeApi(), Clock()
+    recorder = EventRecorder(api, reporting_instance="n1", clock=clock)
+    for i in range(5):
+        recorder.record(REF, type="Normal", reason="Started", message=f"Started container c{i}")
+    asyncio.run(recorder.flush())
+    clock.now += 601
+    recorder.record(REF, type="Normal", reason="Killing", message="Stopping container c0")
+    assert recorder.tracked == 1

@@ -84,5 +84,7 @@ class ApiReporter:
         self._events.record(instance_object_ref(ref), type=type, reason=reason, message=message)
 
     def forget(self, uid: UID) -> None:
-        """The Instance left this node: its last written status is of no use any more."""
+        """The Instance left this node: its last written status and its Events' series
+        are of no use any more."""
         self._written.pop(uid, None)
+        self._events.forget(uid)

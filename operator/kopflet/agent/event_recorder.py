@@ -159,11 +159,32 @@ class EventRecorder:
             self._tracked[key] = _Tracked(
                 ref=ref, type=type, reason=reason, note=note, first=now, last=now
             )
+            self._tracked.move_to_end(key)
             while len(self._tracked) > MAX_TRACKED:
                 oldest, _ = self._tracked.popitem(last=False)
                 self._dirty.discard(oldest)
         self._dirty.add(key)
+        self._expire(now)
         self._wake.set()
+
+    def _expire(self, now: float) -> None:
+        """Forget written events past the series window: a repeat makes a new Event anyway.
+        The oldest come first (every record moves its event to the end)."""
+        while self._tracked:
+            key, oldest = next(iter(self._tracked.items()))
+            if now - oldest.last <= SERIES_WINDOW_SECONDS or key in self._dirty:
+                return
+            del self._tracked[key]
+
+    def forget(self, uid: str) -> None:
+        """The object is gone for good: its events can join no series any more. Those not
+        written yet stay until they are (then they expire with the window)."""
+        for key in [k for k in self._tracked if k[0] == uid and k not in self._dirty]:
+            del self._tracked[key]
+
+    @property
+    def tracked(self) -> int:
+        return len(self._tracked)
 
     async def run(self, *, retry_seconds: float = 2.0) -> None:
         while True:
