@@ -89,6 +89,21 @@ def test_an_event_that_changes_nothing_requests_no_sync() -> None:
     assert not proxy.syncer.schedule.requested
 
 
+def test_a_forward_rule_put_first_by_docker_is_moved_back_on_request() -> None:
+    backend = FakeIptablesBackend()
+    proxy = engine(backend)
+    proxy.on_service(None, service())  # no endpoints: our REJECT must see new connections
+    proxy.mark_initial_lists_complete()
+    asyncio.run(proxy.sync_now())
+    # The runtime made the instance network: Docker put its ACCEPT ahead of our hook.
+    backend.restore("*filter\n-I FORWARD 1 -i kopflet0 ! -o kopflet0 -j ACCEPT\nCOMMIT\n")
+    proxy.request_full_sync()
+    assert proxy.syncer.schedule.full_due(0.0)
+    asyncio.run(proxy.sync_now())
+    forward = backend.rules("filter", "FORWARD")
+    assert forward[0].endswith("-j KOPFLET-FORWARD") and len(forward) == 2
+
+
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown proxy mode"):
         ProxyEngine(node_name="n", mode="ipvs", metrics=ProxyMetrics(CollectorRegistry()))  # type: ignore[arg-type]

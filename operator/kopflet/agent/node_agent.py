@@ -243,8 +243,15 @@ class NodeAgentProcess:
             async with asyncio.TaskGroup() as group:
                 group.create_task(engine.run(), name="runtime-engine")
                 group.create_task(instances.run(), name="watch-instances")
+                group.create_task(self._resync_proxy_after(engine), name="proxy-after-network")
         finally:
             await references.close()
+
+    async def _resync_proxy_after(self, engine: RuntimeEngine) -> None:
+        # Docker puts its FORWARD rules first when it makes the network; ours go back on top
+        # now instead of at the next canary check.
+        await engine.wait_network_ready()
+        self.proxy.request_full_sync()
 
     def _wake_all(self) -> None:
         if self.engine is not None:

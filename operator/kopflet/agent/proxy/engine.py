@@ -142,6 +142,11 @@ class ProxyEngine:
         if self.syncer.nodes.has_pending:
             self.syncer.request_sync()
 
+    def request_full_sync(self) -> None:
+        """Sync fully as soon as the rate limit allows: another program changed the rules
+        around ours (Docker creating the instance network puts its FORWARD rules first)."""
+        self.syncer.request_full_sync()
+
     def mark_initial_lists_complete(self) -> None:
         """Every existing ProxyService and NodeAgent has been fed: programming may start."""
         self.syncer.mark_initial_lists_complete()

@@ -65,6 +65,11 @@ class ProxySyncer:
         self.schedule.request()
         self._wake.set()
 
+    def request_full_sync(self) -> None:
+        """Something outside changed the node's netfilter state (Docker made a network)."""
+        self.schedule.request_full()
+        self._wake.set()
+
     def mark_initial_lists_complete(self) -> None:
         self.schedule.initial_lists_complete = True
         self._wake.set()

@@ -183,6 +183,10 @@ class RuntimeEngine:
             self._workers.clear()
             await self._probes.close()
 
+    async def wait_network_ready(self) -> None:
+        """Until the instance network exists (made by :meth:`run`)."""
+        await self._network_ready.wait()
+
     async def _ensure_network(self) -> None:
         config = self._config
         while self.network is None:
