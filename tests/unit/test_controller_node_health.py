@@ -88,6 +88,28 @@ def test_an_agent_reporting_not_ready_also_gets_its_instances_evicted() -> None:
     assert [i.metadata.name for i in p.evict] == ["a"]
 
 
+def test_a_live_agent_reporting_not_ready_gets_the_longer_not_ready_timeout() -> None:
+    def longer(n: NodeAgent, age: float) -> Any:
+        return plan_node_health(
+            n,
+            heartbeat_age=age,
+            instances=[instance("a")],
+            now=NOW,
+            grace_period=GRACE,
+            eviction_timeout=EVICTION,
+            not_ready_eviction_timeout=300.0,
+        )
+
+    # Lease renewed, engine down: its containers may be running; wait as Kubernetes does.
+    assert longer(node(ready="False", since=60), 1).evict == ()
+    assert longer(node(ready="False", since=299), 1).evict == ()
+    assert [i.metadata.name for i in longer(node(ready="False", since=300), 1).evict] == ["a"]
+    # Unreachable (Unknown): the short timeout, whatever the agent said before.
+    assert [i.metadata.name for i in longer(node(ready="Unknown", since=31), 71).evict] == ["a"]
+    marked = longer(node(ready="False", since=60), 41)  # stopped renewing too
+    assert marked.mark_unknown is not None and marked.requeue_after == pytest.approx(EVICTION)
+
+
 def test_evicted_instances_lose_the_agents_finalizer_after_the_eviction_timeout() -> None:
     waiting = instance("young", deleted_ago=10)
     due = instance("old", deleted_ago=31)

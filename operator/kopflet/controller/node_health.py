@@ -4,8 +4,12 @@ condition, what to do about the node and the Instances bound to it. Pure.
 Timeline of a node that stops renewing its Lease at T (defaults in brackets):
 
 * T + grace period [40 s]: its NodeAgent is marked ``Ready=Unknown`` (reason NodeStatusUnknown);
-* not Ready for the eviction timeout [30 s]: its Instances are deleted, so their Workloads
-  create replacements on healthy nodes (terminating Instances no longer count as replicas);
+* ``Ready=Unknown`` for the eviction timeout [30 s]: its Instances are deleted, so their
+  Workloads create replacements on healthy nodes (terminating Instances no longer count as
+  replicas);
+* an agent that is alive and reports ``Ready=False`` (its engine is down) gets the longer
+  not-ready eviction timeout [300 s, the core default toleration of ``not-ready``]: its
+  containers may well be running, and an engine restart should not replace the whole node;
 * an evicted Instance still held by the agent's finalizer, the eviction timeout after its
   deletion: the finalizer is removed, because an agent that is gone cannot remove it. An agent
   that comes back removes the containers of Instances that no longer exist.
@@ -49,7 +53,11 @@ def plan_node_health(
     now: datetime,
     grace_period: float,
     eviction_timeout: float,
+    not_ready_eviction_timeout: float | None = None,
 ) -> NodeHealthPlan:
+    """``not_ready_eviction_timeout`` (default: ``eviction_timeout``) applies while the node's
+    Lease is renewed but its agent reports it not Ready, ``eviction_timeout`` once it is
+    unreachable (``Ready=Unknown``)."""
     waits: list[float] = []
     conditions = node.status.conditions if node.status else None
     ready = find_condition(conditions, CONDITION_READY)
@@ -65,6 +73,7 @@ def plan_node_health(
 
     not_ready_since: datetime | None = None
     reason = None
+    unreachable = mark_unknown is not None or (ready is not None and ready.status == "Unknown")
     if mark_unknown is not None:
         not_ready_since, reason = now, "NodeStatusUnknown"
     elif ready is None:
@@ -79,7 +88,10 @@ def plan_node_health(
     evict: list[Instance] = []
     finalize: list[Instance] = []
     if not_ready_since is not None:
-        evict_at = not_ready_since + timedelta(seconds=eviction_timeout)
+        timeout = eviction_timeout
+        if not unreachable and not_ready_eviction_timeout is not None:
+            timeout = not_ready_eviction_timeout
+        evict_at = not_ready_since + timedelta(seconds=timeout)
         live = [i for i in instances if not is_terminating(i)]
         if now >= evict_at:
             evict = live

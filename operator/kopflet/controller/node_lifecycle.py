@@ -44,6 +44,7 @@ class NodeLifecycle:
         *,
         grace_period: float,
         eviction_timeout: float,
+        not_ready_eviction_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -52,6 +53,7 @@ class NodeLifecycle:
         self._events = events
         self._grace = grace_period
         self._eviction = eviction_timeout
+        self._not_ready_eviction = not_ready_eviction_timeout
         self._clock = clock
         self._now = now
         self._heartbeats: dict[str, _Heartbeat] = {}
@@ -80,6 +82,7 @@ class NodeLifecycle:
             now=self._now(),
             grace_period=self._grace,
             eviction_timeout=self._eviction,
+            not_ready_eviction_timeout=self._not_ready_eviction,
         )
         if plan.mark_unknown is not None:
             await self._mark_unknown(node, plan.mark_unknown)

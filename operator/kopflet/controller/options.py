@@ -17,6 +17,7 @@ class ControllerOptions:
     kubeconfig: str | None = None
     node_grace_period: float = 40.0
     eviction_timeout: float = 30.0
+    not_ready_eviction_timeout: float = 300.0
     cluster_cidr: str = "10.244.0.0/16"
     node_cidr_size: int = 24
     service_cidr: str = "10.96.0.0/16"
@@ -71,7 +72,13 @@ def parse_options(argv: Sequence[str]) -> ControllerOptions:
         "--eviction-timeout",
         type=duration,
         default=defaults.eviction_timeout,
-        help="Instances of a node not Ready for this long are evicted (30s)",
+        help="Instances of a node unreachable (Ready=Unknown) this long are evicted (30s)",
+    )
+    p.add_argument(
+        "--not-ready-eviction-timeout",
+        type=duration,
+        default=defaults.not_ready_eviction_timeout,
+        help="Instances of a node whose agent reports it not Ready this long are evicted (300s)",
     )
     p.add_argument(
         "--cluster-cidr",
@@ -126,6 +133,7 @@ def parse_options(argv: Sequence[str]) -> ControllerOptions:
         kubeconfig=args.kubeconfig,
         node_grace_period=args.node_grace_period,
         eviction_timeout=args.eviction_timeout,
+        not_ready_eviction_timeout=args.not_ready_eviction_timeout,
         cluster_cidr=args.cluster_cidr,
         node_cidr_size=args.node_cidr_size,
         service_cidr=args.service_cidr,

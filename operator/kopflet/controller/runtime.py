@@ -91,6 +91,7 @@ class ControllerRuntime:
             events,
             grace_period=options.node_grace_period,
             eviction_timeout=options.eviction_timeout,
+            not_ready_eviction_timeout=options.not_ready_eviction_timeout,
         )
         self.ipam = NodeIpam(self.cache, api, events, self.allocator, pool=options.subnet_pool)
         self.services = ServiceSync(
