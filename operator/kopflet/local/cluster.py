@@ -91,7 +91,13 @@ def _component_available(module: str) -> bool:
 
 
 def _python_component(
-    *, name: str, module: str, args: tuple[str, ...], log_file: Path, node: NodeConfig | None = None
+    *,
+    name: str,
+    module: str,
+    args: tuple[str, ...],
+    log_file: Path,
+    node: NodeConfig | None = None,
+    env: tuple[tuple[str, str], ...] = (),
 ) -> Component:
     return Component(
         name=name,
@@ -99,7 +105,7 @@ def _python_component(
         log_file=log_file,
         node=node.name if node else None,
         netns_path=node.netns_path if node else None,
-        env=(("PYTHONPATH", os.pathsep.join(p for p in sys.path if p)),),
+        env=(("PYTHONPATH", os.pathsep.join(p for p in sys.path if p)), *env),
         stop_timeout=20.0,
     )
 
@@ -210,6 +216,9 @@ def _start_cluster(config: ClusterConfig, supervisor: Supervisor, *, should_stop
                         images.BUSYBOX_IMAGE,
                     ),
                     log_file=config.log_dir / f"{node.name}-agent.log",
+                    # As manifests/agent.yaml: glibc's per-thread arenas of the Docker
+                    # thread pool keep freed memory resident (docs/AGENT.md, Memory).
+                    env=(("MALLOC_ARENA_MAX", "2"),),
                 ),
                 wait_ready=False,
             )
