@@ -55,12 +55,17 @@ control in the bench's namespace gave 1.02. What remains for new connections is 
 DNAT per connection. The userspace relay copies every byte through the agent process: about 0.7
 of direct for new connections, 0.8-0.9 for one stream.""",
     "5": """\
-**#5 agent memory.** The agent's RSS grows with the Instances it has handled and never shrinks
+**#5 agent memory.** The agent's RSS grew with the Instances it had handled and never shrank
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
-per node, 102-104 MiB after a dozen bursts, idle or not. A fresh agent stays under 100 MB at 100
-Instances; one that has churned through ~1,500 Instance lifecycles does not. Whether it is a
-leak (a per-Instance cache never pruned) or the allocator keeping its high-water mark is not
-separated yet: a `tracemalloc` snapshot diff in the agent across bursts would tell.""",
+per node, 102-104 MiB after a dozen bursts, idle or not. A `tracemalloc` diff across bursts
+found two tables growing per Instance lifecycle (the engine's wake-ups, ~1.4 asyncio Events per
+Instance; the event recorder, ~3 events per Instance up to its 4,096 cap), since fixed, while
+Python's live heap came back to within ~4 MiB of its start after each burst: most of the
+growth was glibc's per-thread malloc arenas (the 32-thread Docker pool) keeping freed memory.
+With `MALLOC_ARENA_MAX=2` (now set) and the two fixes, one node, bursts of 100: 66 MiB fresh,
+then 91-96 MiB after the first burst and +0.1-1.2 MiB per burst after it, where it was +2-4
+MiB (docs/AGENT.md, Memory). What is left is a burst's peak: up to 64 TLS connections to the API
+server, each holding asyncio's 256 KiB read buffer.""",
     "7": """\
 **#7 API requests.** One successful write per lifecycle of the whole burst changed nothing (it
 left the resourceVersion as it was, so the watch saw no event). The API server's metrics do not
