@@ -286,17 +286,23 @@ def test_valid_updates_are_accepted(cluster: TestCluster, namespace: str) -> Non
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(service))
     # Allocating a clusterIP for a service without one is what the controller does.
-    # (The controller may have done it already; then the same value is a no-op.)
-    current = _get_json(cluster, namespace, "psvc", "late")["spec"].get("clusterIP")
-    cluster.kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "psvc",
-        "late",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"clusterIP": current or "10.96.201.7"}}),
-    )
+    # (The controller may have done it already; then the same value is a no-op. The patch is
+    # conditional on what was read: the controller may also allocate in between.)
+    for _ in range(5):
+        read = _get_json(cluster, namespace, "psvc", "late")
+        current = read["spec"].get("clusterIP")
+        patch = {
+            "metadata": {"resourceVersion": read["metadata"]["resourceVersion"]},
+            "spec": {"clusterIP": current or "10.96.201.7"},
+        }
+        done = cluster.kubectl(
+            "patch", "-n", namespace, "psvc", "late", "--type=merge", "-p", json.dumps(patch),
+            check=False,
+        )  # fmt: skip
+        if done.returncode == 0:
+            break
+        assert "the object has been modified" in done.stderr, done.stderr
+    else:
+        raise AssertionError("the ProxyService kept changing under the patch")
     stored = _get_json(cluster, namespace, "psvc", "late")
     assert stored["spec"]["clusterIP"] == (current or "10.96.201.7")

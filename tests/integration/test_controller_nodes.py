@@ -113,13 +113,19 @@ def test_a_silent_node_goes_unknown_then_its_instances_move_to_a_healthy_node(
 
     wait_for(evicted, timeout=EVICTION + 30, message="its instance is evicted", diagnose=diagnose)
     assert time.monotonic() - marked > EVICTION - 5
+
+    def moved() -> bool:
+        # The Workload's status may still count the evicted replica for a moment: look at
+        # the Instances themselves (the replacement is unbound until the scheduler binds it).
+        running = [
+            i
+            for i in instances_of(admin, namespace, "web")
+            if not i["metadata"].get("deletionTimestamp")
+        ]
+        return len(running) == 2 and {i["spec"].get("nodeName") for i in running} == {healthy}
+
+    wait_for(moved, timeout=60, message="both replicas on the healthy node", diagnose=diagnose)
     wait_available(admin, namespace, "web", 2, timeout=30, diagnose=diagnose)
-    running = [
-        i
-        for i in instances_of(admin, namespace, "web")
-        if not i["metadata"].get("deletionTimestamp")
-    ]
-    assert {i["spec"]["nodeName"] for i in running} == {healthy}
 
     # Nobody will ever stop its containers: the controller releases the agent's finalizer.
     wait_for(

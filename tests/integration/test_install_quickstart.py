@@ -51,7 +51,8 @@ KIND_ONLY = {
     "kubectl -n kopflet-system exec POD -c agent -- ...",
     "kubectl wait --for=condition=Available workload/web --timeout=300s",
     "kubectl get kopflet",
-    "curl http://localhost:30080/",
+    "curl http://localhost:30080/",  # after scripts/kind-up, which waited for it to answer
+    "curl --retry 5 --retry-connrefused --retry-delay 1 http://localhost:30080/",
 }
 
 
