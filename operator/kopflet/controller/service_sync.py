@@ -6,7 +6,6 @@ is refused there, with the holder's name).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -93,7 +92,8 @@ class ServiceSync:
                 return None
             service = ProxyService.from_dict(written)
         await self._release_unused(service, holder)
-        await self._write_status(service, problems)
+        if not await self._write_status(service, problems):
+            return 0.1  # changed meanwhile (by hand, for a service without a selector): again
         return None
 
     async def _allocate(
@@ -175,7 +175,10 @@ class ServiceSync:
             if value not in ports:
                 await self._allocator.release("nodeport", value, holder=holder)
 
-    async def _write_status(self, service: ProxyService, problems: list[_Problem]) -> None:
+    async def _write_status(self, service: ProxyService, problems: list[_Problem]) -> bool:
+        """``False`` if the service changed since it was read: the status is computed from
+        that copy, and writing it unconditionally could put back endpoints that someone
+        else has just written (a service without a selector has its endpoints by hand)."""
         meta = service.metadata
         selector = service.spec.selector
         endpoints = (
@@ -215,8 +218,8 @@ class ServiceSync:
             status, conditions=set_condition(status.conditions, condition, now=self._now())
         )
         if status == service.status:
-            return
-        with contextlib.suppress(NotFound):  # deleted meanwhile: its DELETED event follows
+            return True
+        try:
             await self._api.merge_patch(
                 custom_path(
                     PROXYSERVICE_PLURAL,
@@ -224,5 +227,13 @@ class ServiceSync:
                     name=meta.name,
                     subresource="status",
                 ),
-                {"status": status.to_dict()},
+                {
+                    "metadata": {"resourceVersion": meta.resource_version},
+                    "status": status.to_dict(),
+                },
             )
+        except NotFound:  # deleted meanwhile: its DELETED event follows
+            return True
+        except Conflict:
+            return False
+        return True
