@@ -24,7 +24,20 @@ BUILTIN_CHAINS = {
 TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "DNAT", "SNAT", "MASQUERADE", "MARK"})
 
 
-class FakeIptablesBackend:
+class _RecordingRestores:
+    """What both fakes keep of ``restore``: every ruleset given, and injected failures."""
+
+    restored: list[str]
+    fail_restores: int
+
+    def _record(self, ruleset: str) -> None:
+        self.restored.append(ruleset)
+        if self.fail_restores:
+            self.fail_restores -= 1
+            raise NetfilterError("injected failure")
+
+
+class FakeIptablesBackend(_RecordingRestores):
     name = "iptables-fake"
 
     def __init__(self) -> None:
@@ -36,10 +49,7 @@ class FakeIptablesBackend:
         self.save_calls = 0
 
     def restore(self, ruleset: str) -> None:
-        self.restored.append(ruleset)
-        if self.fail_restores:
-            self.fail_restores -= 1
-            raise NetfilterError("injected failure")
+        self._record(ruleset)
         tables = copy.deepcopy(self.tables)
         table: dict[str, list[str]] | None = None
         for number, line in enumerate(ruleset.splitlines(), 1):
@@ -129,7 +139,7 @@ _NFT_REFERENCE = re.compile(r"(?:goto|jump) ([\w-]+)|@([\w-]+)")
 _NFT_BUILTIN = frozenset({"accept", "drop", "return", "continue"})
 
 
-class FakeNftBackend:
+class FakeNftBackend(_RecordingRestores):
     """``nft -f`` on the table ``ip kopflet``, as far as our renderer goes.
 
     Checked like the kernel does: a rule or map entry may only name chains, sets and
@@ -147,10 +157,7 @@ class FakeNftBackend:
         self.save_calls = 0
 
     def restore(self, ruleset: str) -> None:
-        self.restored.append(ruleset)
-        if self.fail_restores:
-            self.fail_restores -= 1
-            raise NetfilterError("injected failure")
+        self._record(ruleset)
         table = copy.deepcopy(self.table)
         for number, line in enumerate(ruleset.splitlines(), 1):
             try:

@@ -57,11 +57,6 @@ def hooks_out_of_place(saved: Mapping[str, str]) -> dict[Hook, int]:
     return out_of_place
 
 
-def missing_hooks(saved: Mapping[str, str]) -> list[Hook]:
-    """The hooks :func:`hooks_out_of_place` finds, without their copy counts."""
-    return list(hooks_out_of_place(saved))
-
-
 def first_rule_is_hook(rules: list[str] | None, hook: Hook) -> bool:
     return rules is not None and len(rules) > 0 and _is_jump(rules[0], hook)
 
