@@ -1,8 +1,9 @@
 """An in-memory API server for the agent's unit tests: the calls of ``KubeClient`` on a dict.
 
 Objects live under their object path; collections are the paths without the name. It keeps
-what the tests lean on: resourceVersions that grow, 404/409 as the typed errors, merge patches
-with the resourceVersion and uid preconditions, and failures injected per call.
+what the tests lean on: resourceVersions that grow, 404/409/422 as the typed errors, merge
+patches with the resourceVersion and uid preconditions, JSON patches (``test``, ``add``,
+``replace``, ``remove``), and failures injected per call.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from kopflet.agent.kube_client import Conflict, JsonObject, NotFound
+from kopflet.agent.kube_client import Conflict, Invalid, JsonObject, NotFound
 
 
 def merge(target: Any, patch: Any) -> Any:
@@ -25,6 +26,40 @@ def merge(target: Any, patch: Any) -> Any:
             result.pop(key, None)
         else:
             result[key] = merge(result.get(key), value)
+    return result
+
+
+def json_patched(target: Any, operations: list[Mapping[str, Any]]) -> Any:
+    """RFC 6902, the four operations the agent uses; a failed ``test`` or a missing path is
+    a 422 as the API server answers it."""
+    result = copy.deepcopy(target)
+    for op in operations:
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"][1:].split("/")
+        ]
+        node = result
+        try:
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            if isinstance(node, list):
+                index = len(node) if last == "-" else int(last)
+                if op["op"] == "test" and node[index] != op["value"]:
+                    raise Invalid(422, "Invalid", f"test of {op['path']} failed")
+                if op["op"] == "remove":
+                    del node[index]
+                elif op["op"] == "add":
+                    node.insert(index, copy.deepcopy(op["value"]))
+                elif op["op"] == "replace":
+                    node[index] = copy.deepcopy(op["value"])
+            else:
+                if op["op"] == "test" and node[last] != op["value"]:
+                    raise Invalid(422, "Invalid", f"test of {op['path']} failed")
+                if op["op"] == "remove":
+                    del node[last]
+                elif op["op"] in ("add", "replace"):
+                    node[last] = copy.deepcopy(op["value"])
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise Invalid(422, "Invalid", f"{op['op']} {op['path']}: {exc!r}") from exc
     return result
 
 
@@ -116,6 +151,16 @@ class FakeKubeApi:
         elif meta:
             body["metadata"] = meta
         return self.put_object(base_path, merge(current, body))
+
+    async def json_patch(self, path: str, operations: list[Mapping[str, Any]]) -> JsonObject:
+        self.calls.append(("JSONPATCH", path, copy.deepcopy(list(operations))))
+        self._maybe_fail("PATCH", path)
+        current = self.objects.get(path)
+        if current is None:
+            raise NotFound(404, "NotFound", path)
+        patched = json_patched(current, operations)
+        patched["metadata"]["uid"] = current["metadata"]["uid"]
+        return self.put_object(path, patched)
 
     async def watch(
         self, path: str, *, params: Mapping[str, str], server_timeout: int

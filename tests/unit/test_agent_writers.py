@@ -181,6 +181,89 @@ def test_finalizer_of_a_replaced_instance_is_left_alone() -> None:
     assert api.objects[PATH]["metadata"]["finalizers"] == [AGENT_FINALIZER]
 
 
+def written(api: FakeKubeApi) -> list[tuple[str, Any]]:
+    return [(m, b) for m, _, b in api.calls if m in ("PATCH", "JSONPATCH", "GET")]
+
+
+def test_finalizer_removal_is_one_request_though_the_status_changed_since_it_was_read() -> None:
+    api = FakeKubeApi()
+    seen = stored_instance(api, finalizers=["other/z", AGENT_FINALIZER])
+    # The agent's own Terminating status write, after the watch showed the Instance.
+    changed = dict(api.objects[PATH])
+    changed["status"] = {"phase": "Pending", "reason": "Terminating"}
+    api.put_object(PATH, changed)
+    writer = FinalizerWriter(api, sleep=no_sleep())
+    writer.request(seen, present=False)
+    run_writer(writer)
+    assert api.objects[PATH]["metadata"]["finalizers"] == ["other/z"]
+    assert [m for m, _ in written(api)] == ["JSONPATCH"]
+
+
+def test_finalizer_removal_rereads_when_the_list_changed_and_keeps_the_others() -> None:
+    api = FakeKubeApi()
+    seen = stored_instance(api, finalizers=["gone/a", AGENT_FINALIZER, "other/z"])
+    changed = dict(api.objects[PATH])
+    changed["metadata"] = {**changed["metadata"], "finalizers": [AGENT_FINALIZER, "other/z"]}
+    api.put_object(PATH, changed)
+    writer = FinalizerWriter(api, sleep=no_sleep())
+    writer.request(seen, present=False)
+    run_writer(writer)
+    assert api.objects[PATH]["metadata"]["finalizers"] == ["other/z"]
+    assert [m for m, _ in written(api)] == ["JSONPATCH", "GET", "JSONPATCH"]
+
+
+def test_a_repeated_removal_request_is_not_written_again() -> None:
+    api = FakeKubeApi()
+    seen = stored_instance(api, finalizers=[AGENT_FINALIZER])
+    writer = FinalizerWriter(api, sleep=no_sleep())
+
+    async def scenario() -> None:
+        writer.request(seen, present=False)
+        running = asyncio.create_task(writer.run())
+        # Asked again while the first is written, and again after: the watch lags behind.
+        writer.request(seen, present=False)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        writer.request(seen, present=False)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        running.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=5))
+    assert [m for m, _ in written(api)] == ["JSONPATCH"]
+    assert writer.pending == 0
+    writer.forget(UID("u1"))
+    writer.request(seen, present=False)  # forgotten: a new object of that uid would be written
+    assert writer.pending == 1
+
+
+def test_a_repeated_add_request_arriving_during_the_write_is_dropped() -> None:
+    api = FakeKubeApi()
+    seen = stored_instance(api)
+    writer = FinalizerWriter(api, sleep=no_sleep())
+
+    answer = asyncio.Event()
+    patch = api.merge_patch
+
+    async def slow_patch(path: str, body: Any) -> Any:
+        await answer.wait()
+        return await patch(path, body)
+
+    api.merge_patch = slow_patch  # type: ignore[method-assign,assignment]
+
+    async def scenario() -> None:
+        writer.request(seen, present=True)
+        running = asyncio.create_task(writer.write_pending())
+        await asyncio.sleep(0)
+        writer.request(seen, present=True)  # the watch has not shown the finalizer yet
+        answer.set()
+        await running
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=5))
+    assert writer.pending == 0
+    assert [m for m, _ in written(api)] == ["PATCH"]
+
+
 def test_cleaned_up_instance_gets_its_finalizer_removed() -> None:
     api = FakeKubeApi()
     instance = stored_instance(api, finalizers=[AGENT_FINALIZER, "other/z"])

@@ -4,6 +4,11 @@ containers are gone, so ``kubectl delete`` returns only when the node is clean.
 Requests are recorded (the latest per Instance wins) and written by one background loop
 with retries, so neither the watch nor the runtime engine waits on the API server; an API
 server that is away delays the removal, it does not lose it.
+
+No request that changes nothing: a request that repeats the one just written is dropped, and
+a removal is written once per Instance. The removal is a JSON patch that tests the list entry
+it removes (and the uid), not the whole object's resourceVersion: the agent's own status
+write a moment before it (Terminating) would otherwise make it conflict every time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from kopflet.agent.kube_client import (
     ApiError,
     ApiUnavailable,
     Conflict,
+    Invalid,
     JsonObject,
     NotFound,
     object_path,
@@ -44,6 +50,8 @@ class FinalizerApi(Protocol):
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> JsonObject: ...
 
+    async def json_patch(self, path: str, operations: list[Mapping[str, Any]]) -> JsonObject: ...
+
 
 @dataclass(frozen=True, kw_only=True)
 class FinalizerRequest:
@@ -60,6 +68,19 @@ def _path(namespace: str, name: str) -> str:
     return object_path(KOPFLET_API, INSTANCE_PLURAL, namespace=namespace, name=name)
 
 
+def removal_patch(uid: str, finalizers: list[str], finalizer: str) -> list[Mapping[str, Any]]:
+    """A JSON patch removing ``finalizer`` at the place it has in ``finalizers``, on the
+    condition that it is still there and the object is still the same one (422 otherwise).
+    Other changes of the object since it was read do not stand in its way."""
+    index = finalizers.index(finalizer)
+    where = f"/metadata/finalizers/{index}"
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "test", "path": where, "value": finalizer},
+        {"op": "remove", "path": where},
+    ]
+
+
 class FinalizerWriter:
     def __init__(
         self,
@@ -74,6 +95,8 @@ class FinalizerWriter:
         self._retry_seconds = retry_seconds
         self._sleep = sleep
         self._pending: dict[UID, FinalizerRequest] = {}
+        #: Instances whose finalizer this writer removed: nothing more to write for them.
+        self._removed: set[UID] = set()
         self._wake = asyncio.Event()
 
     def needs_adding(self, instance: Instance) -> bool:
@@ -83,6 +106,8 @@ class FinalizerWriter:
     def request(self, instance: Instance, *, present: bool) -> None:
         meta = instance.metadata
         assert meta.uid is not None
+        if meta.uid in self._removed:
+            return  # a finalizer is never added back to an Instance being deleted
         self._pending[meta.uid] = FinalizerRequest(
             uid=meta.uid,
             namespace=meta.namespace or "default",
@@ -96,6 +121,7 @@ class FinalizerWriter:
     def forget(self, uid: UID) -> None:
         """The Instance is gone: nothing left to write."""
         self._pending.pop(uid, None)
+        self._removed.discard(uid)
 
     @property
     def pending(self) -> int:
@@ -121,8 +147,12 @@ class FinalizerWriter:
         done = True
         for uid, request in list(self._pending.items()):
             if await self._write(request):
-                # A newer request may have arrived while this one was written.
-                if self._pending.get(uid) is request:
+                if not request.present:
+                    self._removed.add(uid)
+                # A newer request may have arrived while this one was written: it stays
+                # only if it asks for the opposite.
+                newer = self._pending.get(uid)
+                if newer is not None and newer.present == request.present:
                     del self._pending[uid]
             else:
                 done = False
@@ -142,9 +172,14 @@ class FinalizerWriter:
             if wanted is None:
                 return True
             try:
-                await self._api.merge_patch(
-                    path, finalizer_patch(resource_version=version, finalizers=wanted)
-                )
+                if request.present:
+                    await self._api.merge_patch(
+                        path, finalizer_patch(resource_version=version, finalizers=wanted)
+                    )
+                else:
+                    await self._api.json_patch(
+                        path, removal_patch(request.uid, finalizers, self.finalizer)
+                    )
                 verb = "added" if request.present else "removed"
                 logger.info(
                     "finalizer {} {} on {}/{}",
@@ -156,8 +191,8 @@ class FinalizerWriter:
                 return True
             except NotFound:
                 return True
-            except Conflict:
-                pass
+            except (Conflict, Invalid):
+                pass  # changed since it was read: read it again
             except (ApiUnavailable, ApiError) as exc:
                 logger.warning("finalizer of {}/{}: {}", request.namespace, request.name, exc)
                 return False

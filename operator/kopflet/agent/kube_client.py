@@ -63,7 +63,16 @@ class Gone(ApiError):
     """410: the resourceVersion asked for is compacted away; list again."""
 
 
-_BY_STATUS: Final[dict[int, type[ApiError]]] = {404: NotFound, 409: Conflict, 410: Gone}
+class Invalid(ApiError):
+    """422: the request does not apply -- among others, a JSON patch whose ``test`` failed."""
+
+
+_BY_STATUS: Final[dict[int, type[ApiError]]] = {
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    422: Invalid,
+}
 
 
 def api_error(status: int, body: Mapping[str, Any] | None, fallback: str = "") -> ApiError:
