@@ -15,7 +15,12 @@ Instances) sent per Instance.
 A write that changes nothing does not reach the watch: the API server keeps the object (and
 its resourceVersion) as it was. So every successful write to an Instance minus the changes the
 bench's watch saw (MODIFIED and DELETED events, less the bench's own delete-collection) is a
-request that changed nothing. Target (issue 8): report; no such request.
+request that changed nothing; so is every refused write (409 conflict, 404, 422). Target
+(issue 8): report; no such request.
+
+The API server counts a delete-collection under the verb ``DELETE`` (scope ``namespace``), not
+``DELETECOLLECTION``: the bench's own is taken off under that name. (Taken off under the other
+name, it used to show as one no-op write per burst.)
 
     python bench/api_requests.py --count 30 --repeat 3
 """
@@ -86,6 +91,7 @@ class Lifecycle:
     per_instance: list[float] = field(default_factory=list)
     instance_writes: list[float] = field(default_factory=list)
     noop_writes: list[float] = field(default_factory=list)
+    refused_writes: list[float] = field(default_factory=list)
     breakdown: Counter[str] = field(default_factory=Counter)
 
 
@@ -124,7 +130,8 @@ def one_lifecycle(cluster: BenchCluster, count: int, result: Lifecycle) -> None:
     own = Counter(
         {
             ("POST", GROUP, "instances", ""): count,
-            ("DELETECOLLECTION", GROUP, "instances", ""): 1,
+            # A delete-collection is counted as verb DELETE (scope namespace).
+            ("DELETE", GROUP, "instances", ""): 1,
             ("LIST", GROUP, "instances", ""): 1,
         }
     )
@@ -143,10 +150,16 @@ def one_lifecycle(cluster: BenchCluster, count: int, result: Lifecycle) -> None:
         for k, v in ok.items()
         if k[0] in _WRITES and k[1] == GROUP and k[2] == "instances"
     )
+    refused = sum(
+        v - ok[k]
+        for k, v in used.items()
+        if k[0] in _WRITES and k[1] == GROUP and k[2] == "instances"
+    )
     # The delete-collection changed every Instance once (deletionTimestamp or removal).
     noop = max(0, instance_writes - (changes - count))
     result.instance_writes.append(instance_writes / count)
-    result.noop_writes.append(noop)
+    result.noop_writes.append(noop + refused)
+    result.refused_writes.append(refused)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -179,14 +192,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         result_of(
             bench="7",
             case=f"Instance writes that changed nothing, {args.count} Instances",
-            figure_name="no-op writes per lifecycle",
+            figure_name="no-op or refused writes per lifecycle",
             unit="req",
             per_run=result.noop_writes,
             target=Target("none", 0.0),
             extra={
                 "successful Instance writes per Instance": (
                     f"{sum(result.instance_writes) / len(result.instance_writes):.1f}"
-                )
+                ),
+                "of which refused (409, 404, 422)": (
+                    f"{sum(result.refused_writes) / len(result.refused_writes):.1f} per burst"
+                ),
             },
         )
     )
