@@ -64,28 +64,22 @@ Python's live heap came back to within ~4 MiB of its start after each burst: mos
 growth was glibc's per-thread malloc arenas (the 32-thread Docker pool) keeping freed memory.
 With `MALLOC_ARENA_MAX=2` (now set) and the two fixes, one node, bursts of 100: 66 MiB fresh,
 then 91-96 MiB after the first burst and +0.1-1.2 MiB per burst after it, where it was +2-4
-MiB (docs/AGENT.md, Memory). What is left is a burst's peak: up to 64 TLS connections to the API
-server, each holding asyncio's 256 KiB read buffer.""",
+MiB (docs/AGENT.md, Memory). What is left is a burst's peak: TLS connections to the API server,
+each holding asyncio's 256 KiB read buffer (at most 16 now, 64 before; ~25 were seen open), and
+the imports themselves (~51 MiB: aiohttp, the Docker SDK with requests, prometheus_client).""",
     "7": """\
-**#7 API requests.** One successful write per lifecycle of the whole burst changed nothing (it
-left the resourceVersion as it was, so the watch saw no event). The API server's metrics do not
-say whose: pinning it down needs an audit log of the local control plane.""",
+**#7 API requests.** A write that changed nothing or was refused. The API server's metrics do
+not say whose: start the bench cluster with `KOPFLET_AUDIT_POLICY` naming an audit policy
+(docs/LOCAL_CLUSTER.md) and read `audit.log` -- that is how the last ones were found (the
+agent's finalizer removals: 409s on a version older than its own status write, and repeats
+answered 404; and the bench's own delete-collection, which the metrics count as DELETE).""",
 }
 
 
 #: Seen while measuring, whatever the targets say; shown on every page until fixed.
-OBSERVATIONS: tuple[str, ...] = (
-    """\
-**A cut-off agent is slow to notice it is back (#6).** The agent's watches have a read timeout of
-the watch timeout + 30 s (330 s, `agent/kube_client.py`) and nothing else detects a connection
-that died while the link was down. In one trial, after a ~70 s cut, the node's Instance watch
-reported its socket timeout 265 s after the link came back; in the first full run's second
-repetition the NodeAgent stayed NotReady for ~4 minutes after reconnecting (lease renewals had
-resumed at once): the controller had marked it Unknown, and the agent, whose NodeAgent watch was
-one of the dead ones, re-posted Ready only when that watch timed out. Meanwhile no Instance can
-be scheduled there. Other repetitions came back in 7-27 s. The failover figure itself does not
-depend on it; the failover bench prints both delays.""",
-)
+#: (The cut-off agent that took up to ~5 minutes to notice it was back, seen in the failover
+#: runs, is fixed: TCP keepalive and a 45 s user timeout on its API connections.)
+OBSERVATIONS: tuple[str, ...] = ()
 
 
 def findings_for(benches: Sequence[str], *, failed_steps: Sequence[str] = ()) -> str:
@@ -101,4 +95,5 @@ def findings_for(benches: Sequence[str], *, failed_steps: Sequence[str] = ()) ->
         )
     if not parts:
         parts.append("None in this run.")
-    return "\n\n".join([*parts, "Also seen:", *OBSERVATIONS])
+    also = ["Also seen:", *OBSERVATIONS] if OBSERVATIONS else []
+    return "\n\n".join([*parts, *also])
