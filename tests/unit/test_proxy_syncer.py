@@ -299,7 +299,10 @@ def test_routes_follow_node_changes_and_full_syncs() -> None:
     h.clock.advance(2)
     h.run(1)  # a service change alone doesn't touch routes
     assert len(h.routes.calls) == 1
-    assert "10.244.2.0/24" in h.backend.restored[-1]  # forwarding for instance subnets
+    # Forwarding for instance subnets, written by the full sync and kept by the partial
+    # one (unchanged: not rewritten).
+    assert any("-d 10.244.2.0/24" in r for r in h.backend.rules("filter", "KOPFLET-FORWARD"))
+    assert "KOPFLET-FORWARD" not in h.backend.restored[-1]
 
 
 def test_schedule_back_off_is_capped_at_the_full_period() -> None:

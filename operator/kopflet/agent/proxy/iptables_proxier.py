@@ -2,9 +2,12 @@
 
 Full sync: read what is programmed (``iptables-save``) to find hooks that are missing
 and chains of ours nobody needs any more, then write every chain of ours. Partial
-sync: trust what the last successful sync left, and write only the shared chains and
-the chains of service-ports that changed. A failure forgets that trust, so the next
-sync is full.
+sync: trust what the last successful sync left, and write only what changed: the
+chains of the service-ports that changed, ``-X`` of their chains nobody needs any more,
+and those shared chains (``KOPFLET-SERVICES``, ``KOPFLET-NODEPORTS``, ...) whose rules
+differ from what the last successful sync wrote, known by a digest per chain. An
+endpoint change of an existing service-port thus costs that service-port's chains, not
+the size of the ruleset. A failure forgets that trust, so the next sync is full.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from kopflet.agent.proxy.iptables_render import (
     TABLES,
     Hook,
     RenderedRuleset,
+    SharedChain,
     render_iptables_ruleset,
 )
 from kopflet.agent.proxy.model import ChainName, ProxyMode, ServicePortName
@@ -68,6 +72,10 @@ class IptablesProxier:
         # count of every service-port it wrote: None until a full sync succeeded.
         self._programmed: Mapping[str, frozenset[ChainName]] | None = None
         self._rules_by_service: dict[ServicePortName, int] = {}
+        # Digests of the shared chains' rules, and every service-port's own chains, as
+        # the last successful sync left them.
+        self._shared: Mapping[SharedChain, str] = {}
+        self._chains_by_service: Mapping[ServicePortName, tuple[ChainName, ...]] = {}
         self.last_ruleset: RenderedRuleset | None = None
 
     @property
@@ -85,12 +93,17 @@ class IptablesProxier:
         full = full or self._programmed is None
         try:
             rendered = self._render(state, changed=changed, full=full)
-            self.backend.restore(rendered.text)
+            if rendered.text:  # empty: a partial sync with nothing to write
+                self.backend.restore(rendered.text)
         except BaseException:
             self._programmed = None
+            self._shared = {}
+            self._chains_by_service = {}
             raise
         self.last_ruleset = rendered
         self._programmed = rendered.chains
+        self._shared = rendered.shared_digests
+        self._chains_by_service = rendered.chains_by_service
         if full:
             self._rules_by_service = {}
         self._rules_by_service.update(rendered.rules_by_service)
@@ -125,11 +138,12 @@ class IptablesProxier:
             state.service_ports,
             instance_cidrs=state.instance_cidrs,
             skip=skip,
-            stale_chains={
-                t: {c for c in chains if names.is_hashed(c)}
-                for t, chains in self._programmed.items()
-            },
+            # Every chain of ours the last sync left: the fixed ones are always rendered,
+            # so only hashed ones can be stale.
+            stale_chains=self._programmed,
             missing_hooks=(),
+            programmed_shared=self._shared,
+            programmed_by_service=self._chains_by_service,
         )
 
     async def canary_intact(self) -> bool:

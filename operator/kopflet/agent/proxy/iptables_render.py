@@ -16,12 +16,17 @@ Pure: service-ports in, text out. The shape follows kube-proxy's iptables mode:
 
 Everything is declared with ``--noflush`` semantics in mind: a declared chain is
 flushed and refilled in the same transaction; a chain left undeclared keeps its rules,
-which is how a partial sync skips the chains of unchanged service-ports.
+which is how a partial sync skips the chains of unchanged service-ports, and the shared
+chains (``KOPFLET-SERVICES``, ``KOPFLET-NODEPORTS``, ...) whose content is what the
+last successful sync wrote: their rules are rendered every time, but only a digest of
+each is compared (see ``shared_digests``), so an endpoint change writes its own chains
+only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from kopflet.agent.proxy import chain_names as names
@@ -74,6 +79,9 @@ FIXED_CHAINS: Mapping[str, tuple[ChainName, ...]] = {
     NAT: (names.SERVICES, names.NODEPORTS, names.POSTROUTING, names.MARK_MASQ, names.CANARY),
 }
 
+#: A shared chain: (table, chain), one of :data:`FIXED_CHAINS`.
+SharedChain = tuple[str, ChainName]
+
 CANARY_RULE = f'-A {names.CANARY} -m comment --comment "kopflet canary" -j RETURN'
 
 _MARK = f"{names.MASQ_MARK:#x}"
@@ -82,13 +90,18 @@ _MARK = f"{names.MASQ_MARK:#x}"
 @dataclass(frozen=True)
 class RenderedRuleset:
     """``text`` for ``iptables-restore --noflush``; ``chains`` every chain of ours that
-    exists once it is applied (skipped ones included); ``rules_by_service`` the rules
-    written per service-port (skipped ones are absent)."""
+    exists once it is applied (skipped ones included); ``fixed_rule_count`` the rules of
+    our fixed chains and the hooks; ``rules_by_service`` the rules written per
+    service-port (skipped ones are absent); ``chains_by_service`` the nat chains of
+    every service-port's own (skipped ones included); ``shared_digests`` a digest of the
+    rules every shared chain holds once it is applied (left out ones included)."""
 
     text: str
     chains: Mapping[str, frozenset[ChainName]]
     fixed_rule_count: int
     rules_by_service: Mapping[ServicePortName, int] = field(default_factory=dict)
+    chains_by_service: Mapping[ServicePortName, tuple[ChainName, ...]] = field(default_factory=dict)
+    shared_digests: Mapping[SharedChain, str] = field(default_factory=dict)
 
 
 class _Table:
@@ -104,14 +117,40 @@ class _Table:
     def rule(self, *words: str) -> None:
         self.rules.append(" ".join(words))
 
-    def text(self) -> list[str]:
+    def digests(self) -> dict[SharedChain, str]:
+        """A digest of the rules of each of our fixed chains in this table, in order."""
+        fixed = FIXED_CHAINS[self.name]
+        rules: dict[str, list[str]] = {c: [] for c in fixed}
+        for rule in self.rules:
+            chain = _chain_of(rule)
+            if chain in rules:
+                rules[chain].append(rule)
+        return {
+            (self.name, ChainName(c)): hashlib.sha256("\n".join(r).encode()).hexdigest()
+            for c, r in rules.items()
+        }
+
+    def text(self, *, leave_out: Set[str] = frozenset()) -> list[str]:
+        """Lines of this table, without the chains in ``leave_out`` (neither declared nor
+        written: ``--noflush`` leaves them as they are); nothing if nothing is left."""
+        chains = [c for c in self.chains if c not in leave_out]
+        rules = (
+            [r for r in self.rules if _chain_of(r) not in leave_out] if leave_out else self.rules
+        )
+        if not (chains or rules or self.deletions):
+            return []
         return [
             f"*{self.name}",
-            *(f":{c} - [0:0]" for c in self.chains),
-            *self.rules,
+            *(f":{c} - [0:0]" for c in chains),
+            *rules,
             *self.deletions,
             "COMMIT",
         ]
+
+
+def _chain_of(rule: str) -> str:
+    """The chain a rule line (``-A CHAIN ...``, ``-I CHAIN 1 ...``, ``-D CHAIN ...``) is in."""
+    return rule.split(" ", 2)[1]
 
 
 def _comment(text: str) -> str:
@@ -138,14 +177,22 @@ def render_iptables_ruleset(
     stale_chains: Mapping[str, Iterable[ChainName]] | None = None,
     missing_hooks: Iterable[Hook] = HOOKS,
     hook_copies: Mapping[Hook, int] | None = None,
+    programmed_shared: Mapping[SharedChain, str] | None = None,
+    programmed_by_service: Mapping[ServicePortName, Sequence[ChainName]] | None = None,
 ) -> RenderedRuleset:
     """Render every chain of ours for ``service_ports``.
 
     ``skip``: service-ports whose own chains are already programmed as they should be
-    (partial sync); their jumps in the shared chains are still written. ``stale_chains``
+    (partial sync); their jumps in the shared chains are still rendered. ``stale_chains``
     per table are flushed and deleted. ``missing_hooks`` are inserted at the top of
     their built-in chains (the caller checks which exist; by default all are written),
     after deleting the ``hook_copies`` already there (a hook that is no longer first).
+    ``programmed_shared``: the ``shared_digests`` of what the last successful sync
+    wrote (partial sync); a shared chain whose rules still have that digest is left out
+    of the text, neither declared nor written. ``programmed_by_service``: the
+    ``chains_by_service`` of the last successful sync, so that the chains of skipped
+    service-ports need not be named again (hashing every endpoint's name costs more
+    than the rest of a partial render).
     """
     filt, nat = _Table(FILTER), _Table(NAT)
     tables = {FILTER: filt, NAT: nat}
@@ -155,14 +202,20 @@ def render_iptables_ruleset(
     for hook in missing_hooks:
         _place_hook(tables[hook.table], hook, (hook_copies or {}).get(hook, 0))
     _render_fixed_rules(filt, nat, instance_cidrs=sorted(set(instance_cidrs)))
-    fixed = len(filt.rules) + len(nat.rules)
+    # The hooks count whether this sync inserts them or finds them in place.
+    fixed = len(HOOKS) + sum(1 for t in (filt, nat) for r in t.rules if r.startswith("-A "))
     active: dict[str, set[ChainName]] = {FILTER: set(filt.chains), NAT: set(nat.chains)}
     per_service: dict[ServicePortName, int] = {}
+    chains_by_service: dict[ServicePortName, tuple[ChainName, ...]] = {}
     for name in sorted(service_ports):
         info = service_ports[name]
         before = len(filt.rules) + len(nat.rules)
-        written_chains = _render_service_port(filt, nat, name, info, skip_own_chains=name in skip)
-        active[NAT].update(written_chains)
+        known = (programmed_by_service or {}).get(name) if name in skip else None
+        own = _render_service_port(
+            filt, nat, name, info, skip_own_chains=name in skip, known_chains=known
+        )
+        active[NAT].update(own)
+        chains_by_service[name] = own
         if name not in skip:
             per_service[name] = len(filt.rules) + len(nat.rules) - before
     nat.rule(
@@ -176,12 +229,21 @@ def render_iptables_ruleset(
         for chain in sorted(set(chains) - active[table_name]):
             table.chain(chain)
             table.deletions.append(f"-X {chain}")
-    text = "\n".join([*filt.text(), *nat.text()]) + "\n"
+    digests = {**filt.digests(), **nat.digests()}
+    unchanged = {
+        key for key, digest in digests.items() if (programmed_shared or {}).get(key) == digest
+    }
+    lines = [
+        *filt.text(leave_out={c for t, c in unchanged if t == FILTER}),
+        *nat.text(leave_out={c for t, c in unchanged if t == NAT}),
+    ]
     return RenderedRuleset(
-        text=text,
+        text="\n".join(lines) + "\n" if lines else "",
         chains={t: frozenset(c) for t, c in active.items()},
         fixed_rule_count=fixed,
         rules_by_service=per_service,
+        chains_by_service=chains_by_service,
+        shared_digests=digests,
     )
 
 
@@ -256,8 +318,10 @@ def _render_service_port(
     info: ServicePortInfo,
     *,
     skip_own_chains: bool,
-) -> list[ChainName]:
-    """Rules of one service-port; returns the nat chains of its own that now exist."""
+    known_chains: Sequence[ChainName] | None = None,
+) -> tuple[ChainName, ...]:
+    """Rules of one service-port; returns the nat chains of its own that now exist: when
+    its own chains are skipped, ``known_chains`` if given (its service chain first)."""
     match = _match(info.protocol, info.port)
     if not info.endpoints:
         # REJECT in filter, not nat: the client gets "connection refused" at once
@@ -274,8 +338,11 @@ def _render_service_port(
                 _comment(f"{name} has no endpoints"),
                 f"-m addrtype --dst-type LOCAL {_match(info.protocol, info.node_port)} {reject}",
             )
-        return []
-    svc = names.service_chain(name, info.protocol)
+        return ()
+    if skip_own_chains and known_chains:
+        svc = known_chains[0]
+    else:
+        svc = names.service_chain(name, info.protocol)
     nat.rule(
         f"-A {names.SERVICES}",
         _comment(f"{name} cluster IP"),
@@ -287,9 +354,11 @@ def _render_service_port(
         # masquerade it so the reply comes back through this node.
         nat.rule(f"-A {names.NODEPORTS}", _comment(str(name)), f"{node_match} -j {names.MARK_MASQ}")
         nat.rule(f"-A {names.NODEPORTS}", _comment(str(name)), f"{node_match} -j {svc}")
+    if skip_own_chains and known_chains:
+        return tuple(known_chains)
     endpoint_chains = [names.endpoint_chain(name, info.protocol, e) for e in info.endpoints]
     if skip_own_chains:
-        return [svc, *endpoint_chains]
+        return (svc, *endpoint_chains)
     nat.chain(svc)
     for chain in endpoint_chains:
         nat.chain(chain)
@@ -321,4 +390,4 @@ def _render_service_port(
             _comment(str(name)),
             f"-p {proto} {recent}-m {proto} -j DNAT --to-destination {endpoint.address}",
         )
-    return [svc, *endpoint_chains]
+    return (svc, *endpoint_chains)
