@@ -91,6 +91,7 @@ def test_health_and_metrics_endpoints_answer_inside_the_node(
     for metric in (
         "kopflet_runtime_relist_age_seconds",
         "kopflet_runtime_instance_sync_duration_seconds",
+        'kopflet_runtime_engine_requests_total{operation="containers"}',
         "kopflet_proxy_sync_duration_seconds",
         "kopflet_proxy_last_sync_success_timestamp_seconds",
         "kopflet_agent_lease_renewals_total",

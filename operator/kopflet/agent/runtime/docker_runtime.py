@@ -22,6 +22,7 @@ import docker.types
 import docker.utils
 import requests.exceptions
 
+from kopflet.agent.runtime import metrics
 from kopflet.agent.runtime.container_runtime import (
     ContainerConflict,
     ContainerRequest,
@@ -87,6 +88,7 @@ class DockerRuntime:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
+        metrics.ENGINE_REQUESTS.labels(getattr(fn, "__name__", "other")).inc()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:

@@ -29,3 +29,9 @@ PROBE_RESULTS = Counter(
     "Probe result changes, by probe type and result.",
     ["probe_type", "result"],
 )
+ENGINE_REQUESTS = Counter(
+    "kopflet_runtime_engine_requests_total",
+    "Requests to the container engine's API, by operation (the kubelet's "
+    "kubelet_runtime_operations_total).",
+    ["operation"],
+)
