@@ -348,3 +348,18 @@ def test_unreachable_engine_makes_the_runtime_unhealthy(tmp_path: Path) -> None:
         await h.until(lambda: h.engine.healthy())
 
     asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_sandbox_image_is_looked_up_once_until_a_sandbox_create_fails(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("a"), make_instance("b")])
+        await h.until(lambda: h.phase("a") == "Running" and h.phase("b") == "Running")
+        assert h.runtime.image_lookups[SANDBOX_IMAGE] == 1
+        # Removed behind the agent's back: the next create fails, and the retry pulls it.
+        h.runtime.pullable[SANDBOX_IMAGE] = h.runtime.images.pop(SANDBOX_IMAGE)
+        h.engine.set_desired([make_instance("a"), make_instance("b"), make_instance("c")])
+        await h.until(lambda: h.phase("c") == "Running", seconds=8)
+        assert ("pull", SANDBOX_IMAGE) in h.runtime.calls
+        assert h.runtime.image_lookups[SANDBOX_IMAGE] == 2
+
+    asyncio.run(Harness(tmp_path).run(scenario))

@@ -91,3 +91,27 @@ def test_relist_age_grows_while_the_engine_is_down() -> None:
         asyncio.run(relister.relist())
     now[0] = 106.0
     assert not relister.healthy(now[0], threshold_seconds=5)
+
+
+def test_relist_compares_the_listing_s_states_without_inspecting_each_container() -> None:
+    class ListingOnly(FakeRuntime):
+        async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
+            raise AssertionError("the relist inspects no container")
+
+    runtime = ListingOnly(now=lambda: 0.0)
+    runtime.containers[ContainerID("a")] = record("a", "u1", RunState.RUNNING)
+
+    class Clock:
+        def now(self) -> float:
+            return 0.0
+
+        async def sleep(self, seconds: float) -> None:
+            return None
+
+    relister = Relister(runtime, Clock())
+    assert asyncio.run(relister.relist()) == [
+        LifecycleEvent(instance_uid=UID("u1"), container_id=ContainerID("a"), kind=K.STARTED)
+    ]
+    runtime.containers[ContainerID("a")] = record("a", "u1", RunState.EXITED)
+    assert [e.kind for e in asyncio.run(relister.relist())] == [K.DIED]
+    assert runtime.state_listings == 2

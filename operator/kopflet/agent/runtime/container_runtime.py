@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels
-from kopflet.agent.runtime.records import ContainerRecord
+from kopflet.agent.runtime.records import ContainerRecord, ContainerState
 from kopflet.api import UID
 
 
@@ -159,7 +159,15 @@ class ContainerRuntime(Protocol):
         """
 
     async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
-        """Our containers of this node in every state, optionally of one instance only."""
+        """Our containers of this node in every state, optionally of one instance only,
+        each inspected afresh."""
+
+    async def container_record(self, container_id: ContainerID) -> ContainerRecord | None:
+        """One of our containers, inspected; ``None`` if it is gone."""
+
+    async def list_container_states(self) -> list[ContainerState]:
+        """Our containers of this node and their run states, from one listing and no
+        inspect: what the relist compares, once a second."""
 
     async def create_sandbox(self, request: SandboxRequest) -> ContainerID:
         """Creates and starts the sandbox; raises :class:`ContainerConflict` if it exists."""

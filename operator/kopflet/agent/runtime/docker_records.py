@@ -18,6 +18,11 @@ _STATES: Final = {
 }
 
 
+def run_state_of(status: str) -> RunState:
+    """A state as the engine's listing (``State``) or inspect (``State.Status``) names it."""
+    return _STATES.get(status, RunState.UNKNOWN)
+
+
 def parse_docker_time(value: str | None) -> float | None:
     """Docker's UTC RFC 3339 with nanoseconds as epoch seconds; ``None`` for its zero time."""
     if not value or value.startswith(_ZERO_TIME_PREFIX):

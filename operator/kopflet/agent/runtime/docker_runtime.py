@@ -38,7 +38,7 @@ from kopflet.agent.runtime.container_runtime import (
     RuntimeUnavailable,
     SandboxRequest,
 )
-from kopflet.agent.runtime.docker_records import event_from, record_from_inspect
+from kopflet.agent.runtime.docker_records import event_from, record_from_inspect, run_state_of
 from kopflet.agent.runtime.labels import (
     INSTANCE_UID_LABEL,
     NODE_LABEL,
@@ -47,7 +47,7 @@ from kopflet.agent.runtime.labels import (
     ContainerLabels,
     container_name_for,
 )
-from kopflet.agent.runtime.records import ContainerRecord
+from kopflet.agent.runtime.records import ContainerRecord, ContainerState
 from kopflet.api import UID
 
 T = TypeVar("T")
@@ -79,7 +79,6 @@ class DockerRuntime:
         # Labels never change after create, so once seen ours a container id stays ours;
         # records of containers that cannot change any more are kept to spare inspects.
         self._ours: set[str] = set()
-        self._inspected: dict[tuple[str, str], ContainerRecord] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -147,37 +146,52 @@ class DockerRuntime:
         )
 
     async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
+        records = []
+        for summary, labels in await self._listing(instance_uid):
+            try:
+                data = await self._call(self._api.inspect_container, summary["Id"])
+            except docker.errors.NotFound:
+                continue  # removed between the listing and the inspect
+            records.append(record_from_inspect(data, labels))
+        return records
+
+    async def container_record(self, container_id: ContainerID) -> ContainerRecord | None:
+        try:
+            data = await self._call(self._api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return None
+        labels = ContainerLabels.parse((data.get("Config") or {}).get("Labels"))
+        if labels is None or labels.node != self._node:
+            raise NotOurs(f"container {container_id[:12]} is not kopflet's on node {self._node}")
+        return record_from_inspect(data, labels)
+
+    async def list_container_states(self) -> list[ContainerState]:
+        return [
+            ContainerState(
+                id=ContainerID(summary["Id"]),
+                instance_uid=labels.instance_uid,
+                state=run_state_of(str(summary.get("State", ""))),
+            )
+            for summary, labels in await self._listing(None)
+        ]
+
+    async def _listing(
+        self, instance_uid: UID | None
+    ) -> list[tuple[dict[str, Any], ContainerLabels]]:
+        """One listing of our containers on this node (of one instance), with their labels."""
         wanted = [f"{NODE_LABEL}={self._node}", ROLE_LABEL]
         if instance_uid is not None:
             wanted.append(f"{INSTANCE_UID_LABEL}={instance_uid}")
         summaries = await self._call(self._api.containers, all=True, filters={"label": wanted})
-        records = []
+        listed = []
         for summary in summaries:
             labels = ContainerLabels.parse(summary.get("Labels"))
             if labels is None or labels.node != self._node:
                 continue
-            key = (summary["Id"], str(summary.get("State", "")))
-            # The listing is a snapshot the engine updates a moment after it announces a
-            # death: an instance's own pass, woken by that event, must inspect afresh.
-            record = None if instance_uid is not None else self._inspected.get(key)
-            if record is None:
-                try:
-                    data = await self._call(self._api.inspect_container, summary["Id"])
-                except docker.errors.NotFound:
-                    continue  # removed between the listing and the inspect
-                record = record_from_inspect(data, labels)
-                if record.state.value == key[1]:
-                    with self._lock:
-                        self._inspected[key] = record
             with self._lock:
-                self._ours.add(record.id)
-            records.append(record)
-        if instance_uid is None:
-            listed = {s["Id"] for s in summaries}
-            with self._lock:
-                for key in [k for k in self._inspected if k[0] not in listed]:
-                    del self._inspected[key]
-        return records
+                self._ours.add(summary["Id"])
+            listed.append((summary, labels))
+        return listed
 
     async def _require_ours(self, container_id: ContainerID) -> bool:
         """True if the container exists and is ours; False if it is gone."""

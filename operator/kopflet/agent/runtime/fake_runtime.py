@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -27,7 +28,7 @@ from kopflet.agent.runtime.container_runtime import (
     SandboxRequest,
 )
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels, container_name_for
-from kopflet.agent.runtime.records import ContainerRecord, RunState
+from kopflet.agent.runtime.records import ContainerRecord, ContainerState, RunState
 from kopflet.api import UID
 
 
@@ -43,6 +44,10 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         #: Listings of one instance's containers: one per sync pass, and then some.
         self.instance_listings = 0
+        #: Listings of every container's state (the relist).
+        self.state_listings = 0
+        #: ``image_info`` calls by image.
+        self.image_lookups: Counter[str] = Counter()
         #: Results of exec by command, used in turn; the last one repeats.
         self.exec_results: dict[tuple[str, ...], list[ExecResult]] = {}
         self.available = True
@@ -114,6 +119,18 @@ class FakeRuntime:
             if instance_uid is None or r.instance_uid == instance_uid
         ]
 
+    async def container_record(self, container_id: ContainerID) -> ContainerRecord | None:
+        self._check()
+        return self.containers.get(container_id)
+
+    async def list_container_states(self) -> list[ContainerState]:
+        self._check()
+        self.state_listings += 1
+        return [
+            ContainerState(id=r.id, instance_uid=r.instance_uid, state=r.state)
+            for r in self.containers.values()
+        ]
+
     def _add(self, labels: ContainerLabels, image: str, **fields: object) -> ContainerID:
         name = container_name_for(labels)
         if name in self.names:
@@ -134,6 +151,8 @@ class FakeRuntime:
     async def create_sandbox(self, request: SandboxRequest) -> ContainerID:
         self._check()
         self.calls.append(("create-sandbox", request.labels.instance_name))
+        if request.image not in self.images:
+            raise RuntimeOperationError(f"No such image: {request.image}")
         used = {r.ip for r in self.containers.values() if r.ip}
         ip = next(a for a in self._ips if a not in used)
         cid = self._add(request.labels, request.image, ip=ip)
@@ -192,6 +211,7 @@ class FakeRuntime:
 
     async def image_info(self, image: str) -> ImageInfo | None:
         self._check()
+        self.image_lookups[image] += 1
         return self.images.get(image)
 
     async def pull_image(self, image: str) -> ImageInfo:

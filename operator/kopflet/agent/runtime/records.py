@@ -21,6 +21,16 @@ class RunState(StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ContainerState:
+    """One of our containers as the engine's listing shows it, without an inspect: what the
+    relist compares (the kubelet's PLEG compares container states from a listing too)."""
+
+    id: ContainerID
+    instance_uid: UID
+    state: RunState
+
+
+@dataclass(frozen=True, kw_only=True)
 class ContainerRecord:
     """One of our containers as the engine last reported it. Times are epoch seconds."""
 

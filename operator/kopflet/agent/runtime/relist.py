@@ -1,5 +1,8 @@
 """PLEG-style relist: list our containers, compare with the previous listing, derive events.
 
+One listing a second and no inspect: the states in the listing are all it compares. An
+instance's own sync pass inspects its containers afresh when the relist wakes it.
+
 Docker events wake the sync at once, but they can be lost (a broken stream, an agent
 restart); the relist is the backstop that sees every change eventually. Its age is the
 runtime half's health: a relist that has not completed for a while means the engine is
@@ -12,11 +15,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from kopflet.agent.runtime.clock import Clock
 from kopflet.agent.runtime.container_runtime import ContainerRuntime
 from kopflet.agent.runtime.labels import ContainerID
-from kopflet.agent.runtime.records import ContainerRecord, RunState
+from kopflet.agent.runtime.records import ContainerState, RunState
 from kopflet.api import UID
 
 
@@ -49,8 +53,18 @@ def transition(old: RunState | None, new: RunState | None) -> tuple[LifecycleKin
     return (LifecycleKind.CHANGED,)
 
 
+class Observed(Protocol):
+    """What the relist compares of a container (a listing's state or a whole record)."""
+
+    @property
+    def instance_uid(self) -> UID: ...
+
+    @property
+    def state(self) -> RunState: ...
+
+
 def diff_records(
-    old: Mapping[ContainerID, ContainerRecord], new: Mapping[ContainerID, ContainerRecord]
+    old: Mapping[ContainerID, Observed], new: Mapping[ContainerID, Observed]
 ) -> list[LifecycleEvent]:
     events = []
     for cid in sorted(old.keys() | new.keys()):
@@ -68,11 +82,11 @@ class Relister:
     def __init__(self, runtime: ContainerRuntime, clock: Clock) -> None:
         self._runtime = runtime
         self._clock = clock
-        self._records: dict[ContainerID, ContainerRecord] = {}
+        self._records: dict[ContainerID, ContainerState] = {}
         self._last_relist: float | None = None
 
     @property
-    def records(self) -> Mapping[ContainerID, ContainerRecord]:
+    def records(self) -> Mapping[ContainerID, ContainerState]:
         return self._records
 
     @property
@@ -82,7 +96,7 @@ class Relister:
     async def relist(self) -> list[LifecycleEvent]:
         """One listing; raises what the runtime raises (and then the age keeps growing)."""
         started = self._clock.now()
-        current = {r.id: r for r in await self._runtime.list_containers()}
+        current = {r.id: r for r in await self._runtime.list_container_states()}
         events = diff_records(self._records, current)
         self._records = current
         # The start of the listing: anything that changed after it may not be in it.

@@ -119,6 +119,9 @@ class InstanceSyncer:
         self._clock = clock
         self._crash_backoff = crash_backoff
         self._image_backoff = image_backoff
+        #: The sandbox image was there at the last sandbox create: not looked up again until
+        #: a create fails.
+        self._sandbox_image_present = False
 
     def _event(self, ref: InstanceRef, type_: EventType, reason: str, message: str) -> None:
         self._reporter.event(ref, type=type_, reason=reason, message=message)
@@ -179,8 +182,10 @@ class InstanceSyncer:
     ) -> ContainerRecord | None:
         config = self._config
         try:
-            if await self._runtime.image_info(config.sandbox_image) is None:
-                await self._runtime.pull_image(config.sandbox_image)
+            if not self._sandbox_image_present:
+                if await self._runtime.image_info(config.sandbox_image) is None:
+                    await self._runtime.pull_image(config.sandbox_image)
+                self._sandbox_image_present = True
             container_id = await self._runtime.create_sandbox(
                 SandboxRequest(
                     labels=self._labels(instance, ContainerRole.SANDBOX, "", create),
@@ -192,13 +197,13 @@ class InstanceSyncer:
                 )
             )
         except RuntimeOperationError as exc:
+            self._sandbox_image_present = False
             result.record(4, "create-sandbox", ref.name, False, str(exc))
             result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
             self._event(ref, "Warning", "FailedCreateSandbox", f"Failed to create sandbox: {exc}")
             return None
         result.record(4, "create-sandbox", ref.name, True)
-        records = await self._runtime.list_containers(ref.uid)
-        return next((r for r in records if r.id == container_id), None)
+        return await self._runtime.container_record(container_id)
 
     def _labels(
         self,
