@@ -31,20 +31,17 @@ that are CPU-bound: the ratio tracks dockerd's CPU per Instance against per bare
 (both on the line), plus the agents' ~0.1 s and the controller's ~0.015 s of CPU per Instance
 taken from the same two cores.""",
     "3": """\
-**#3 proxy sync.** The tools set the floor: `iptables-nft-restore` 1.8.9 and `nft` 1.0.6 apply
-large rulesets worse than linearly in the number of chains (the bare tool's own time is the
-baseline on each line: a first `nft -f` of 10,000 x 10 takes ~3 minutes here, a bare
-`iptables-nft-restore` of 2,000 x 10 did not finish in 10 minutes, so iptables mode is not run at
-10,000). For a one-endpoint change the text applied is still O(all services): iptables mode
-rewrites `KOPFLET-SERVICES` and `KOPFLET-NODEPORTS` whole (as kube-proxy does), nftables mode
-refills its verdict maps whole (~600 KB at 10,000), so even the bare tool needs seconds. py-spy
-of the nftables one-endpoint change at 10,000 x 10 (1.2-4 s each): 44% of samples in
-`render_nftables_ruleset`, half of that naming the endpoint chains of *every* service
-(`nft_endpoint_chain` -> `_endpoint_hash`, 23% of all samples) although one changed; 14% waiting
-for `nft -f`. 100 ms needs partial syncs that are O(changes): map element add/delete instead of
-a refill, and the chain names of skipped services kept from the previous sync (kube-proxy's
-nftables proxier works that way). Full resyncs cost more than the bare apply because they first
-read back what is programmed (`nft list table` / `iptables-save`) to find stale chains.""",
+**#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very text we
+applied is the baseline on each line. `nft` 1.0.6 lists every chain and set of the table
+before it adds a rule, and the kernel walks every chain reachable from the base chains at a
+commit that adds a jump: a one-endpoint change writes only that service-port's chains and
+`add`/`delete element` lines (a few KB at any size), yet even the bare `nft -f` of it takes
+about as long as ours (ratio ~1.0 at 1,000; about a second at 10,000). A first `nft -f` of
+10,000 x 10 takes minutes here, so a full sync at 10,000 in 2 s is out of reach with this
+nft; `iptables-nft-restore` 1.8.9 reads the whole ruleset first (~60 ms for a one-chain text
+at 1,000 x 10) and a bare restore of 2,000 x 10 did not finish in 10 minutes, so iptables mode
+is not run at 10,000. Getting under these floors needs netlink without the CLIs, or tools
+that read only what a command touches (docs/PROXY.md, Requirements and limits).""",
     "4": """\
 **#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
