@@ -10,7 +10,7 @@ from fake_kube_api import FakeKubeApi
 
 from kopflet.agent.api_reporter import ApiReporter
 from kopflet.agent.event_recorder import MAX_NOTE_BYTES, EventRecorder, ObjectRef
-from kopflet.agent.instance_finalizers import FinalizerWriter
+from kopflet.agent.instance_finalizers import MAX_SETTLED, FinalizerWriter
 from kopflet.agent.kube_client import ApiUnavailable, Conflict
 from kopflet.agent.runtime.reporting import InstanceRef
 from kopflet.agent.status_patch import (
@@ -232,9 +232,26 @@ def test_a_repeated_removal_request_is_not_written_again() -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout=5))
     assert [m for m, _ in written(api)] == ["JSONPATCH"]
     assert writer.pending == 0
+
+
+def test_a_removal_reported_again_after_the_instance_went_is_not_written() -> None:
+    api = FakeKubeApi()
+    seen = stored_instance(api, finalizers=[AGENT_FINALIZER])
+    writer = FinalizerWriter(api, sleep=no_sleep())
+    # The watch saw the Instance go; the runtime engine reports it cleaned up afterwards.
     writer.forget(UID("u1"))
-    writer.request(seen, present=False)  # forgotten: a new object of that uid would be written
-    assert writer.pending == 1
+    writer.request(seen, present=False)
+    assert writer.pending == 0
+    run_writer(writer)
+    assert written(api) == []
+
+
+def test_settled_instances_are_remembered_within_a_bound() -> None:
+    writer = FinalizerWriter(FakeKubeApi(), sleep=no_sleep())
+    for i in range(MAX_SETTLED + 10):
+        writer.forget(UID(f"u{i}"))
+    assert len(writer._settled) == MAX_SETTLED
+    assert UID("u0") not in writer._settled and UID(f"u{MAX_SETTLED + 9}") in writer._settled
 
 
 def test_a_repeated_add_request_arriving_during_the_write_is_dropped() -> None:

@@ -14,6 +14,7 @@ write a moment before it (Terminating) would otherwise make it conflict every ti
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,6 +42,8 @@ from kopflet.api.constants import INSTANCE_PLURAL
 
 #: Conflicts in a row before a request waits for the next round.
 MAX_CONFLICTS = 5
+#: Settled Instances remembered (a few bursts' worth; then the oldest are forgotten).
+MAX_SETTLED = 4096
 
 
 class FinalizerApi(Protocol):
@@ -95,8 +98,10 @@ class FinalizerWriter:
         self._retry_seconds = retry_seconds
         self._sleep = sleep
         self._pending: dict[UID, FinalizerRequest] = {}
-        #: Instances whose finalizer this writer removed: nothing more to write for them.
-        self._removed: set[UID] = set()
+        #: Instances whose finalizer this writer removed, or that are gone: nothing more to
+        #: write for them. The runtime engine may report an Instance cleaned up again after
+        #: the watch saw it go; uids never come back, so the newest ones are kept, bounded.
+        self._settled: OrderedDict[UID, None] = OrderedDict()
         self._wake = asyncio.Event()
 
     def needs_adding(self, instance: Instance) -> bool:
@@ -106,8 +111,8 @@ class FinalizerWriter:
     def request(self, instance: Instance, *, present: bool) -> None:
         meta = instance.metadata
         assert meta.uid is not None
-        if meta.uid in self._removed:
-            return  # a finalizer is never added back to an Instance being deleted
+        if meta.uid in self._settled:
+            return  # removed already, or gone: a finalizer is never added back
         self._pending[meta.uid] = FinalizerRequest(
             uid=meta.uid,
             namespace=meta.namespace or "default",
@@ -119,9 +124,15 @@ class FinalizerWriter:
         self._wake.set()
 
     def forget(self, uid: UID) -> None:
-        """The Instance is gone: nothing left to write."""
+        """The Instance is gone: nothing left to write, now or later."""
         self._pending.pop(uid, None)
-        self._removed.discard(uid)
+        self._settle(uid)
+
+    def _settle(self, uid: UID) -> None:
+        self._settled[uid] = None
+        self._settled.move_to_end(uid)
+        while len(self._settled) > MAX_SETTLED:
+            self._settled.popitem(last=False)
 
     @property
     def pending(self) -> int:
@@ -148,7 +159,7 @@ class FinalizerWriter:
         for uid, request in list(self._pending.items()):
             if await self._write(request):
                 if not request.present:
-                    self._removed.add(uid)
+                    self._settle(uid)
                 # A newer request may have arrived while this one was written: it stays
                 # only if it asks for the opposite.
                 newer = self._pending.get(uid)
