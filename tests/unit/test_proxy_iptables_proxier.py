@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 
 import pytest
+from proxy_states import changed_between, next_state, random_state
 
 from kopflet.agent.proxy.chain_names import endpoint_chain, service_chain
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend
@@ -174,31 +175,6 @@ def test_render_leaves_out_the_shared_chains_whose_digest_is_unchanged() -> None
     assert "*filter" not in gone.text
 
 
-def random_state(rnd: random.Random, size: int) -> ProxyState:
-    """Up to ``size`` service-ports picked at random, each with random endpoints, node
-    port, affinity and protocol."""
-    ports: dict[ServicePortName, ServicePortInfo] = {}
-    for i in range(size):
-        if rnd.random() < 0.3:
-            continue
-        endpoints = tuple(
-            sorted(
-                EndpointInfo(f"10.244.{j}.{i + 1}", rnd.choice([8080, 9090]))
-                for j in rnd.sample(range(6), rnd.randint(0, 4))
-            )
-        )
-        ports[ServicePortName("ns", f"svc-{i}", "http" if i % 3 else "")] = ServicePortInfo(
-            cluster_ip=f"10.96.0.{100 + i if rnd.random() < 0.8 else i}",
-            port=rnd.choice([80, 8080]),
-            protocol=rnd.choice(["TCP", "UDP"]),
-            endpoints=endpoints,
-            node_port=rnd.choice([None, 30000 + i, 31000 + i]),
-            affinity_timeout=rnd.choice([None, 60, 120]),
-        )
-    cidrs = tuple(sorted(rnd.sample(["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], 2)))
-    return ProxyState(service_ports=ports, instance_cidrs=cidrs)
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: int) -> None:
     rnd = random.Random(seed)
@@ -207,26 +183,8 @@ def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: in
     current = random_state(rnd, 12)
     assert proxier.sync_blocking(current, changed=set(), full=True).full
     for _ in range(20):
-        # A few service-ports change at a time (often just their endpoints), the others
-        # stay as they were.
-        target = random_state(rnd, 12)
-        mixed = dict(current.service_ports)
-        for name in rnd.sample(sorted(mixed.keys() | target.service_ports.keys()), 3):
-            if name in target.service_ports:
-                new = target.service_ports[name]
-                old = mixed.get(name)
-                mixed[name] = (
-                    replace(old, endpoints=new.endpoints) if old and rnd.random() < 0.6 else new
-                )
-            else:
-                mixed.pop(name, None)
-        after = ProxyState(
-            service_ports=mixed,
-            instance_cidrs=target.instance_cidrs if rnd.random() < 0.3 else current.instance_cidrs,
-        )
-        a, b = current.service_ports, after.service_ports
-        changed = {n for n in a.keys() | b.keys() if a.get(n) != b.get(n)}
-        outcome = proxier.sync_blocking(after, changed=changed, full=False)
+        after = next_state(rnd, current, 12)
+        outcome = proxier.sync_blocking(after, changed=changed_between(current, after), full=False)
         assert not outcome.full
         current = after
 

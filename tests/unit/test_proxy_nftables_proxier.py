@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 import pytest
+from proxy_states import changed_between, next_state, random_state
 
 from kopflet.agent.proxy.chain_names import nft_endpoint_chain, nft_service_chain
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend
@@ -99,38 +100,6 @@ def test_forwarding_chain_goes_to_dockers_iptables_with_the_hook_checked_on_full
     assert "nat" not in "".join(iptables.restored)
 
 
-def random_state(rnd: random.Random, size: int) -> ProxyState:
-    """Up to ``size`` service-ports picked at random, each with random endpoints, node
-    port, affinity; some share a virtual IP and port (both without endpoints, they want
-    the same map entry)."""
-    ports: dict[ServicePortName, ServicePortInfo] = {}
-    for i in range(size):
-        if rnd.random() < 0.3:
-            continue
-        endpoints = tuple(
-            sorted(
-                EndpointInfo(f"10.244.{j}.{i + 1}", rnd.choice([8080, 9090]))
-                for j in rnd.sample(range(6), rnd.randint(0, 4))
-            )
-        )
-        ports[ServicePortName("ns", f"svc-{i}", "http" if i % 3 else "")] = ServicePortInfo(
-            cluster_ip=f"10.96.0.{100 + i if endpoints else i // 2}",
-            port=80 if endpoints else 53,
-            protocol=rnd.choice(["TCP", "UDP"]),
-            endpoints=endpoints,
-            node_port=rnd.choice([None, 30000 + i]),
-            affinity_timeout=rnd.choice([None, 60, 120]),
-        )
-    cidrs = tuple(sorted(rnd.sample(["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], 2)))
-    return ProxyState(service_ports=ports, instance_cidrs=cidrs)
-
-
-def changed_between(before: ProxyState, after: ProxyState) -> set[ServicePortName]:
-    """What the change tracker hands the proxier: every service-port that differs."""
-    a, b = before.service_ports, after.service_ports
-    return {n for n in a.keys() | b.keys() if a.get(n) != b.get(n)}
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: int) -> None:
     rnd = random.Random(seed)
@@ -139,18 +108,7 @@ def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: in
     current = random_state(rnd, 12)
     assert proxier.sync_blocking(current, changed=set(), full=True).full
     for _ in range(15):
-        # A few service-ports change at a time, the others stay as they were.
-        target = random_state(rnd, 12)
-        mixed = dict(current.service_ports)
-        for name in rnd.sample(sorted(mixed.keys() | target.service_ports.keys()), 3):
-            if name in target.service_ports:
-                mixed[name] = target.service_ports[name]
-            else:
-                mixed.pop(name, None)
-        after = ProxyState(
-            service_ports=mixed,
-            instance_cidrs=target.instance_cidrs if rnd.random() < 0.3 else current.instance_cidrs,
-        )
+        after = next_state(rnd, current, 12)
         outcome = proxier.sync_blocking(after, changed=changed_between(current, after), full=False)
         assert not outcome.full
         current = after
