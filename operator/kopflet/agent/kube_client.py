@@ -23,8 +23,9 @@ import json
 import re
 import socket
 import ssl
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -147,6 +148,8 @@ def _bearer_token(configuration: kubernetes.client.Configuration) -> str | None:
 
 
 _BEARER_PREFIX = re.compile(r"^bearer\s+", re.IGNORECASE)
+#: How old a token read may get before the next request reads it again.
+TOKEN_REREAD_SECONDS = 60.0
 
 
 def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
@@ -192,12 +195,16 @@ class KubeClient:
         # for no gain in throughput on the API server's side (the kubelet multiplexes all of
         # its requests over one HTTP/2 connection).
         max_connections: int = 16,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._configuration = configuration
         self._base = str(configuration.host).rstrip("/")
         self._request_timeout = request_timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._clock = clock
+        self._token: str | None = None
+        self._token_read_at: float | None = None
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None, **kwargs: Any) -> KubeClient:
@@ -222,9 +229,24 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
+    def _bearer(self) -> str | None:
+        """The token, read again (the loader's refresh hook) once it is a minute old, as
+        client-go re-reads a token file: the hook rebuilds the whole configuration, which
+        cost ~6% of an agent's Python time in a burst when it ran on every request. A
+        rotated token is good long before the old one expires."""
+        now = self._clock()
+        if self._token_read_at is None or now - self._token_read_at >= TOKEN_REREAD_SECONDS:
+            self._token = _bearer_token(self._configuration)
+            self._token_read_at = now
+        return self._token
+
+    def forget_token(self) -> None:
+        """Read the token again before the next request (the API server refused it)."""
+        self._token_read_at = None
+
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": JSON}
-        token = _bearer_token(self._configuration)
+        token = self._bearer()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
@@ -267,6 +289,8 @@ class KubeClient:
             except ValueError:
                 parsed = None
         if status >= 400:
+            if status == 401:
+                self.forget_token()
             raise api_error(status, parsed if isinstance(parsed, dict) else None, text[:500])
         return parsed if isinstance(parsed, dict) else {}
 
@@ -297,6 +321,8 @@ class KubeClient:
                 self.url(path, query), headers=self._headers(None), timeout=timeout
             ) as response:
                 if response.status >= 400:
+                    if response.status == 401:
+                        self.forget_token()
                     text = await response.text()
                     try:
                         parsed = json.loads(text)
