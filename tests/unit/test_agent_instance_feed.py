@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fake_kube_api import FakeKubeApi
 
+from kopflet.agent import instance_feed
 from kopflet.agent.instance_feed import InstanceFeed
 from kopflet.agent.instance_finalizers import FinalizerWriter
 from kopflet.agent.reference_cache import (
@@ -224,3 +225,33 @@ def test_reference_cache_lists_a_namespace_before_answering_and_wakes_on_changes
         await cache.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_scopes_are_counted_per_instance_not_recomputed_over_all_on_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed, _, tracker, _, _ = make_feed()
+    with_secret = {
+        "name": "c",
+        "image": "img",
+        "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    }
+    a = instance("a", containers=[with_secret])
+    b = instance("b", containers=[with_secret])
+    asyncio.run(feed.on_synced([a, b, *(instance(f"x{i}") for i in range(20))]))
+    assert tracker.tracked[-1] == {("secrets", "ns")}
+    computed: list[str] = []
+    original = instance_feed.referenced_scopes
+
+    def counting(i: Instance) -> set[RefScope]:
+        computed.append(i.metadata.name or "")
+        return original(i)
+
+    monkeypatch.setattr(instance_feed, "referenced_scopes", counting)
+    # One of the two users stops referencing the Secret: still watched for the other.
+    asyncio.run(feed.on_change(a, instance("a")))
+    assert computed == ["a"]
+    assert tracker.tracked[-1] == {("secrets", "ns")}
+    asyncio.run(feed.on_change(b, None))
+    assert tracker.tracked[-1] == set()
+    assert computed == ["a"]

@@ -13,6 +13,7 @@ for it, so that its deletion waits for this node to have cleaned up.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -59,6 +60,10 @@ class InstanceFeed:
         self._forgetful = tuple(forgetful)
         #: The last Instance of each uid that parsed; a malformed update keeps it.
         self._known: dict[UID, Instance] = {}
+        #: What each known Instance references, and how many reference each scope: kept as
+        #: Instances come and go, not recomputed over all of them on every event.
+        self._scopes_of: dict[UID, frozenset[RefScope]] = {}
+        self._scope_users: Counter[RefScope] = Counter()
         self.synced = False
 
     @property
@@ -82,14 +87,24 @@ class InstanceFeed:
             # Instance is its spec's terminationGracePeriodSeconds.
             meta = dataclasses.replace(instance.metadata, deletion_grace_period_seconds=None)
             instance = dataclasses.replace(instance, metadata=meta)
-        self._known[known_uid] = instance
+        self._remember(known_uid, instance)
         return instance
 
+    def _remember(self, uid: UID, instance: Instance) -> None:
+        self._known[uid] = instance
+        scopes = frozenset(referenced_scopes(instance))
+        old = self._scopes_of.get(uid, frozenset())
+        if scopes != old:
+            self._scope_users.subtract(old)
+            self._scope_users.update(scopes)
+            self._scopes_of[uid] = scopes
+
+    def _drop(self, uid: UID) -> None:
+        self._known.pop(uid, None)
+        self._scope_users.subtract(self._scopes_of.pop(uid, frozenset()))
+
     async def _track_references(self) -> None:
-        scopes: set[RefScope] = set()
-        for instance in self._known.values():
-            scopes |= referenced_scopes(instance)
-        await self._references.track(scopes)
+        await self._references.track(s for s, users in self._scope_users.items() if users > 0)
 
     def _request_finalizer(self, instance: Instance) -> None:
         if instance.spec.node_name == self._node and self._finalizers.needs_adding(instance):
@@ -101,7 +116,7 @@ class InstanceFeed:
         if new is None:
             assert old is not None
             uid = UID(str((old.get("metadata") or {}).get("uid") or ""))
-            self._known.pop(uid, None)
+            self._drop(uid)
             self._finalizers.forget(uid)
             for other in self._forgetful:
                 other.forget(uid)
@@ -120,7 +135,7 @@ class InstanceFeed:
         fresh = [i for i in (self._parse(o) for o in objects) if i is not None]
         alive = {i.metadata.uid for i in fresh}
         for uid in [u for u in self._known if u not in alive]:
-            del self._known[uid]
+            self._drop(uid)
         await self._track_references()
         for instance in fresh:
             self._request_finalizer(instance)
