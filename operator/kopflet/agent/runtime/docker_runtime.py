@@ -76,8 +76,10 @@ class DockerRuntime:
             timeout=timeout_seconds,
             max_pool_size=max_concurrency,
         )
-        # Labels never change after create, so once seen ours a container id stays ours;
-        # records of containers that cannot change any more are kept to spare inspects.
+        # The node's own engine: no proxy from the environment applies to it, and no .netrc.
+        # Left on, requests looks both up again on every call (~0.2 ms of CPU each).
+        self._api.trust_env = False
+        # Labels never change after create, so once seen ours a container id stays ours.
         self._ours: set[str] = set()
         self._lock = threading.Lock()
 
