@@ -4,12 +4,11 @@ leave what one full sync of the final state leaves."""
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import replace
 
 import pytest
-from proxy_states import changed_between, next_state, random_state
+from proxy_states import check_partial_syncs
 
 from kopflet.agent.proxy.chain_names import endpoint_chain, service_chain
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend
@@ -177,21 +176,11 @@ def test_render_leaves_out_the_shared_chains_whose_digest_is_unchanged() -> None
 
 @pytest.mark.parametrize("seed", range(8))
 def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: int) -> None:
-    rnd = random.Random(seed)
-    backend = FakeIptablesBackend()
-    proxier = IptablesProxier(backend)
-    current = random_state(rnd, 12)
-    assert proxier.sync_blocking(current, changed=set(), full=True).full
-    for _ in range(20):
-        after = next_state(rnd, current, 12)
-        outcome = proxier.sync_blocking(after, changed=changed_between(current, after), full=False)
-        assert not outcome.full
-        current = after
+    def make() -> tuple[FakeIptablesBackend, IptablesProxier]:
+        backend = FakeIptablesBackend()
+        return backend, IptablesProxier(backend)
 
-        fresh_backend = FakeIptablesBackend()
-        fresh = IptablesProxier(fresh_backend).sync_blocking(current, changed=set(), full=True)
-        assert backend.tables == fresh_backend.tables
-        assert outcome.rules_programmed == fresh.rules_programmed
+    backend = check_partial_syncs(seed, make, lambda b: b.tables, rounds=20)
     assert backend.save_calls == 2  # the first full sync only
 
 

@@ -3,12 +3,11 @@ table, partial ones trust the last sync, failures force a full one."""
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import replace
 
 import pytest
-from proxy_states import changed_between, next_state, random_state
+from proxy_states import check_partial_syncs
 
 from kopflet.agent.proxy.chain_names import nft_endpoint_chain, nft_service_chain
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend
@@ -102,21 +101,11 @@ def test_forwarding_chain_goes_to_dockers_iptables_with_the_hook_checked_on_full
 
 @pytest.mark.parametrize("seed", range(8))
 def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: int) -> None:
-    rnd = random.Random(seed)
-    backend = FakeNftBackend()
-    proxier = NftablesProxier(backend)
-    current = random_state(rnd, 12)
-    assert proxier.sync_blocking(current, changed=set(), full=True).full
-    for _ in range(15):
-        after = next_state(rnd, current, 12)
-        outcome = proxier.sync_blocking(after, changed=changed_between(current, after), full=False)
-        assert not outcome.full
-        current = after
+    def make() -> tuple[FakeNftBackend, NftablesProxier]:
+        backend = FakeNftBackend()
+        return backend, NftablesProxier(backend)
 
-        fresh_backend = FakeNftBackend()
-        fresh = NftablesProxier(fresh_backend).sync_blocking(current, changed=set(), full=True)
-        assert backend.table == fresh_backend.table
-        assert outcome.rules_programmed == fresh.rules_programmed
+    backend = check_partial_syncs(seed, make, lambda b: b.table, rounds=15)
     assert backend.save_calls == 1
 
 
