@@ -149,12 +149,10 @@ class DockerRuntime:
 
     async def list_containers(self, instance_uid: UID | None = None) -> list[ContainerRecord]:
         records = []
-        for summary, labels in await self._listing(instance_uid):
-            try:
-                data = await self._call(self._api.inspect_container, summary["Id"])
-            except docker.errors.NotFound:
-                continue  # removed between the listing and the inspect
-            records.append(record_from_inspect(data, labels))
+        for summary, _labels in await self._listing(instance_uid):
+            record = await self.container_record(ContainerID(summary["Id"]))
+            if record is not None:  # None: removed between the listing and the inspect
+                records.append(record)
         return records
 
     async def container_record(self, container_id: ContainerID) -> ContainerRecord | None:
