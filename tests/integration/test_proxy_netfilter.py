@@ -24,7 +24,6 @@ from proxy_netns import (
 from kopflet.agent.proxy.chain_names import (
     ROUTE_PROTOCOL,
     endpoint_chain,
-    nft_endpoint_chain,
     service_chain,
 )
 from kopflet.agent.proxy.cleanup import cleanup_all
@@ -86,7 +85,7 @@ def test_iptables_rules_land_once_and_a_partial_sync_rewrites_only_the_changed_c
     assert net.connect("c1", VIP, 80, count=20).count("e1") > 0
 
 
-def test_nftables_table_holds_maps_and_a_partial_sync_deletes_the_gone_endpoint(
+def test_nftables_table_holds_map_entries_and_a_partial_sync_deletes_the_gone_endpoint(
     net: Topology,
 ) -> None:
     runner = CommandRunner(netns=net.ns("n1"))
@@ -94,13 +93,15 @@ def test_nftables_table_holds_maps_and_a_partial_sync_deletes_the_gone_endpoint(
     proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
     proxier.sync_blocking(state("e1", "e2", "e3"), changed=set(), full=True)
     listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
-    assert "10.96.0.10 . tcp . 80 : goto svc-" in listing
-    assert "tcp . 30080 : goto ext-" in listing
-    assert "numgen random mod 3" in listing
+    assert "10.96.0.10 . tcp . 80 : goto pick-tcp-3" in listing
+    assert "tcp . 30080 : goto nodeport-pick-tcp-3" in listing
+    assert "numgen random mod 3 map @service-endpoints-tcp" in listing
+    assert f"10.96.0.10 . 80 . 2 : {E3.ip} . 8080" in listing
     proxier.sync_blocking(state("e1"), changed={WEB}, full=False)
     listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
-    assert f"chain {nft_endpoint_chain(WEB, 'TCP', E3)} " not in listing
-    assert f"chain {nft_endpoint_chain(WEB, 'TCP', E1)} " in listing
+    assert "chain pick-tcp-3 " not in listing and "chain nodeport-pick-tcp-3 " not in listing
+    assert "10.96.0.10 . tcp . 80 : goto pick-tcp-1" in listing
+    assert E3.ip not in listing
     assert set(net.connect("c1", VIP, 80, count=10)) == {"e1"}
 
 

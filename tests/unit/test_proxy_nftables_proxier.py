@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 from proxy_states import check_partial_syncs
 
-from kopflet.agent.proxy.chain_names import nft_endpoint_chain, nft_service_chain
 from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend
 from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterError
@@ -62,15 +61,19 @@ def test_a_full_sync_deletes_chains_and_sets_nobody_needs_any_more() -> None:
     assert "delete map" not in text
 
 
-def test_a_partial_sync_reads_nothing_and_deletes_the_removed_endpoints_chain() -> None:
+def test_a_partial_sync_reads_nothing_and_deletes_the_removed_endpoints_entries() -> None:
     backend = RecordingNft()
     proxier = NftablesProxier(backend)
     proxier.sync_blocking(state(E1, E2), changed=set(), full=True)
     outcome = proxier.sync_blocking(state(E1), changed={WEB}, full=False)
     assert not outcome.full and backend.saves == 1
-    assert f"delete chain ip kopflet {nft_endpoint_chain(WEB, 'TCP', E2)}" in backend.applied[-1]
+    text = backend.applied[-1]
+    assert "delete element ip kopflet service-endpoints-tcp { 10.96.0.10 . 80 . 1 }" in text
+    assert (
+        "delete chain ip kopflet pick-tcp-2" in text and "add chain ip kopflet pick-tcp-1" in text
+    )
     unchanged = proxier.sync_blocking(state(E1), changed=set(), full=False)
-    assert f"add chain ip kopflet {nft_service_chain(WEB, 'TCP')}" not in backend.applied[-1]
+    assert "pick-tcp-1" not in backend.applied[-1] and "element" not in backend.applied[-1]
     assert unchanged.rules_programmed == outcome.rules_programmed
 
 
@@ -129,11 +132,14 @@ def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
     fewer = {**ports, name: replace(info, endpoints=info.endpoints[:2])}
     proxier.sync_blocking(ProxyState(service_ports=fewer), changed={name}, full=False)
     text = backend.restored[-1]
-    assert len(text.splitlines()) < 70  # the fixed chains (~50 lines) and one service-port
-    assert "bulk/s7" in text and not re.search(r"bulk/s(?!7\b)", text)
-    gone = nft_endpoint_chain(name, "TCP", info.endpoints[2])
-    assert f"delete chain ip kopflet {gone}" in text
-    assert gone not in backend.table.chains
+    assert len(text.splitlines()) < 70  # the fixed chains (~60 lines) and one service-port
+    named = set(re.findall(r"10\.\d+\.\d+\.\d+", text))
+    assert named <= {info.cluster_ip, info.endpoints[2].ip}
+    gone = f"{info.cluster_ip} . 80 . 2"
+    assert f"delete element ip kopflet service-endpoints-tcp {{ {gone} }}" in text
+    assert gone not in backend.table.maps["service-endpoints-tcp"]
+    assert backend.table.maps["service-ips"][f"{info.cluster_ip} . tcp . 80"] == "goto pick-tcp-2"
+    assert backend.table.chains["pick-tcp-2"] and backend.table.chains["pick-tcp-3"]
 
 
 def test_a_failed_partial_sync_makes_the_next_one_full_and_right() -> None:

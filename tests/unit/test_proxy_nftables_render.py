@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,12 @@ from kopflet.agent.proxy.chain_names import (
     nft_service_chain,
 )
 from kopflet.agent.proxy.model import ChainName, EndpointInfo, ServicePortInfo, ServicePortName
-from kopflet.agent.proxy.nftables_render import render_nftables_partial, render_nftables_ruleset
+from kopflet.agent.proxy.nftables_render import (
+    NftElement,
+    RenderedNftRuleset,
+    render_nftables_partial,
+    render_nftables_ruleset,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +49,17 @@ FIXED = [
     f"add map {T} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service :"
     " verdict ; }",
     f"add map {T} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; }}",
+    *(
+        f"add map {T} service-endpoints-{p} {{ typeof ip daddr . {p} dport . numgen random mod 1"
+        f" : ip daddr . {p} dport ; }}"
+        for p in ("tcp", "udp")
+    ),
+    *(
+        f"add map {T} nodeport-endpoints-{p} {{ typeof {p} dport . numgen random mod 1"
+        f" : ip daddr . {p} dport ; }}"
+        for p in ("tcp", "udp")
+    ),
+    f"add set {T} hairpin-endpoints {{ type ipv4_addr . ipv4_addr ; }}",
     f"add set {T} instance-subnets {{ type ipv4_addr ; flags interval ; }}",
     *(
         f"flush chain {T} {c}"
@@ -67,11 +84,17 @@ FIXED = [
             "service-nodeports",
             "no-endpoint-services",
             "no-endpoint-nodeports",
+            "service-endpoints-tcp",
+            "service-endpoints-udp",
+            "nodeport-endpoints-tcp",
+            "nodeport-endpoints-udp",
         )
     ),
+    f"flush set {T} hairpin-endpoints",
     f"flush set {T} instance-subnets",
     f"add rule {T} nat-prerouting jump services",
     f"add rule {T} nat-output jump services",
+    f"add rule {T} nat-postrouting ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
     f"add rule {T} nat-postrouting jump masquerading",
     f"add rule {T} services ip daddr . meta l4proto . th dport vmap @service-ips",
     f"add rule {T} services fib daddr type local meta l4proto . th dport vmap @service-nodeports",
@@ -135,20 +158,19 @@ def test_node_port_service_with_affinity_and_a_service_without_endpoints() -> No
         f"add rule {T} {svc} ip saddr @{a1} goto {s1}",
         f"add rule {T} {svc} ip saddr @{a2} goto {s2}",
         f"add rule {T} {svc} numgen random mod 2 vmap {{ 0 : goto {s1}, 1 : goto {s2} }} {c}",
-        f"add rule {T} {s1} ip saddr 10.244.1.2 jump mark-for-masquerade",
         f"add rule {T} {s1} update @{a1} {{ ip saddr }}",
         f"add rule {T} {s1} meta l4proto tcp dnat to 10.244.1.2:8080 {c}",
-        f"add rule {T} {s2} ip saddr 10.244.2.2 jump mark-for-masquerade",
         f"add rule {T} {s2} update @{a2} {{ ip saddr }}",
         f"add rule {T} {s2} meta l4proto tcp dnat to 10.244.2.2:8080 {c}",
         f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto {svc} }}",
         f"add element {T} service-nodeports {{ tcp . 30080 : goto {ext} }}",
         f"add element {T} no-endpoint-services {{ 10.96.0.53 . udp . 53 : goto reject-chain }}",
         f"add element {T} no-endpoint-nodeports {{ udp . 30053 : goto reject-chain }}",
+        f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2, 10.244.2.2 . 10.244.2.2 }}",
     ]
     assert sorted(rendered.text.splitlines()) == sorted(expected)
     assert undefined_references(rendered.text) == []
-    assert rendered.sets == {"instance-subnets", a1, a2}
+    assert rendered.sets == {"instance-subnets", "hairpin-endpoints", a1, a2}
 
 
 def test_declarations_come_before_flushes_before_rules_before_deletions() -> None:
@@ -169,32 +191,82 @@ def test_declarations_come_before_flushes_before_rules_before_deletions() -> Non
     ]
 
 
-def test_partial_render_leaves_unchanged_chains_and_affinity_sets_alone() -> None:
-    web = ServicePortInfo(
-        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,), affinity_timeout=5
-    )
-    dns = ServicePortInfo(cluster_ip="10.96.0.53", port=53, protocol="UDP", endpoints=(E2,))
-    full = render_nftables_ruleset({WEB: web, DNS: dns})
-    refs = {e: 1 for owned in full.service_ports.values() for e in owned.elements}
-    rendered = render_nftables_partial(
-        {WEB: web, DNS: dns},
-        changed={DNS},
-        programmed=full.service_ports,
-        element_refs=refs,
-    )
-    svc, s1 = nft_service_chain(WEB, "TCP"), nft_endpoint_chain(WEB, "TCP", E1)
-    for name in (svc, s1, nft_affinity_set(WEB, "TCP", E1, 5), "10.96.0.10"):
-        assert name not in rendered.text
-    assert f"add chain {T} {nft_service_chain(DNS, 'UDP')}" in rendered.text
-    assert "add element" not in rendered.text and "delete" not in rendered.text
-    assert "flush map" not in rendered.text and "flush set" not in rendered.text
-    assert set(rendered.service_ports) == {DNS}
+def _refs(full: RenderedNftRuleset) -> tuple[dict[NftElement, int], dict[ChainName, int]]:
+    """What the proxier counts after a full sync: the service-ports wanting each entry
+    and each shared chain."""
+    elements: Counter[NftElement] = Counter()
+    chains: Counter[ChainName] = Counter()
+    for owned in full.service_ports.values():
+        elements.update(owned.elements)
+        chains.update(owned.shared_chains)
+    return dict(elements), dict(chains)
 
 
 def _partial_lines(text: str) -> list[str]:
     """A partial render's lines minus the fixed part every sync rewrites."""
     fixed = set(FIXED)
     return [ln for ln in text.splitlines() if ln not in fixed]
+
+
+def test_partial_render_leaves_unchanged_chains_and_affinity_sets_alone() -> None:
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,), affinity_timeout=5
+    )
+    dns = ServicePortInfo(cluster_ip="10.96.0.53", port=53, protocol="UDP", endpoints=(E2,))
+    full = render_nftables_ruleset({WEB: web, DNS: dns})
+    refs, chain_refs = _refs(full)
+    rendered = render_nftables_partial(
+        {WEB: web, DNS: dns},
+        changed={DNS, WEB},
+        programmed=full.service_ports,
+        element_refs=refs,
+        chain_refs=chain_refs,
+    )
+    svc, s1 = nft_service_chain(WEB, "TCP"), nft_endpoint_chain(WEB, "TCP", E1)
+    # WEB (affinity) rewrites its own chains; its affinity set is declared, never flushed.
+    assert f"flush chain {T} {svc}" in rendered.text and f"flush chain {T} {s1}" in rendered.text
+    assert "flush set" not in rendered.text.replace(f"flush set {T} instance-subnets", "")
+    # DNS owns only entries, none of which changed: nothing of it is written.
+    assert "10.96.0.53" not in rendered.text and "pick-udp-1" not in rendered.text
+    assert "element" not in rendered.text and "delete" not in rendered.text
+    assert "flush map" not in rendered.text
+    assert set(rendered.service_ports) == {DNS, WEB}
+
+
+def test_a_service_port_without_affinity_owns_only_map_entries_and_shares_a_chain() -> None:
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1, E2), node_port=30080
+    )
+    api = ServicePortInfo(cluster_ip="10.96.0.11", port=443, protocol="TCP", endpoints=(E1, E2))
+    rendered = render_nftables_ruleset({WEB: web, DNS: api})
+    lines = [ln for ln in rendered.text.splitlines() if ln not in FIXED]
+    assert sorted(lines) == sorted(
+        [
+            f"add chain {T} pick-tcp-2",
+            f"add chain {T} nodeport-pick-tcp-2",
+            f"flush chain {T} pick-tcp-2",
+            f"flush chain {T} nodeport-pick-tcp-2",
+            f"add rule {T} pick-tcp-2 dnat ip to ip daddr . tcp dport . numgen random mod 2"
+            " map @service-endpoints-tcp",
+            f"add rule {T} nodeport-pick-tcp-2 jump mark-for-masquerade",
+            f"add rule {T} nodeport-pick-tcp-2 dnat ip to tcp dport . numgen random mod 2"
+            " map @nodeport-endpoints-tcp",
+            f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto pick-tcp-2,"
+            " 10.96.0.11 . tcp . 443 : goto pick-tcp-2 }",
+            f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-2 }}",
+            f"add element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 0 : 10.244.1.2 . 8080,"
+            " 10.96.0.10 . 80 . 1 : 10.244.2.2 . 8080, 10.96.0.11 . 443 . 0 : 10.244.1.2 . 8080,"
+            " 10.96.0.11 . 443 . 1 : 10.244.2.2 . 8080 }",
+            f"add element {T} nodeport-endpoints-tcp {{ 30080 . 0 : 10.244.1.2 . 8080,"
+            " 30080 . 1 : 10.244.2.2 . 8080 }",
+            f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2,"
+            " 10.244.2.2 . 10.244.2.2 }",
+        ]
+    )
+    assert undefined_references(rendered.text) == []
+    assert rendered.service_ports[WEB].chains == frozenset()
+    assert rendered.service_ports[WEB].shared_chains == {"pick-tcp-2", "nodeport-pick-tcp-2"}
+    assert rendered.rules_by_service == {}
 
 
 def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries() -> None:
@@ -213,66 +285,95 @@ def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries
     )
     before = {**others, WEB: web}
     full = render_nftables_ruleset(before)
-    refs = {e: 1 for owned in full.service_ports.values() for e in owned.elements}
-    svc, ext = nft_service_chain(WEB, "TCP"), nft_external_chain(WEB, "TCP")
-    s1, s2 = (nft_endpoint_chain(WEB, "TCP", e) for e in (E1, E2))
-    c = 'comment "default/web:http"'
+    refs, chain_refs = _refs(full)
 
-    # One endpoint gone: the service-port's chains, the gone endpoint's chain deleted,
-    # no map entry touched (the virtual IP still goes to the same chain).
+    # One endpoint gone: its entries go, the virtual IP and node port move to the
+    # one-endpoint chains (already there for the others), the two-endpoint chains,
+    # used by nobody else, are deleted last.
     one_gone = render_nftables_partial(
         {**others, WEB: replace(web, endpoints=(E1,))},
         changed={WEB},
         programmed=full.service_ports,
         element_refs=refs,
+        chain_refs=chain_refs,
     )
-    assert sorted(_partial_lines(one_gone.text)) == sorted(
+    lines = _partial_lines(one_gone.text)
+    assert sorted(lines) == sorted(
         [
-            *(f"add chain {T} {x}" for x in (svc, s1, ext)),
-            *(f"flush chain {T} {x}" for x in (svc, s1, ext, s2)),
-            f"add rule {T} {ext} jump mark-for-masquerade {c}",
-            f"add rule {T} {ext} goto {svc}",
-            f"add rule {T} {svc} goto {s1} {c}",
-            f"add rule {T} {s1} ip saddr 10.244.1.2 jump mark-for-masquerade",
-            f"add rule {T} {s1} meta l4proto tcp dnat to 10.244.1.2:8080 {c}",
-            f"delete chain {T} {s2}",
+            f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}",
+            f"delete element {T} service-nodeports {{ tcp . 30080 }}",
+            f"delete element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 1 }}",
+            f"delete element {T} nodeport-endpoints-tcp {{ 30080 . 1 }}",
+            f"delete element {T} hairpin-endpoints {{ 10.244.2.2 . 10.244.2.2 }}",
+            f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto pick-tcp-1 }}",
+            f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-1 }}",
+            *(f"flush chain {T} {c}" for c in ("pick-tcp-2", "nodeport-pick-tcp-2")),
+            *(f"delete chain {T} {c}" for c in ("nodeport-pick-tcp-2", "pick-tcp-2")),
         ]
     )
-    assert one_gone.element_refs == {}
+    first_add = min(i for i, ln in enumerate(lines) if ln.startswith("add element"))
+    assert all(i < first_add for i, ln in enumerate(lines) if ln.startswith("delete element"))
+    assert lines[-2:] == [f"delete chain {T} nodeport-pick-tcp-2", f"delete chain {T} pick-tcp-2"]
+    assert one_gone.chain_refs == {
+        "pick-tcp-1": 51,
+        "nodeport-pick-tcp-1": 51,
+        "pick-tcp-2": 0,
+        "nodeport-pick-tcp-2": 0,
+    }
 
-    # No endpoints left: its chains go, its entries move to the no-endpoint maps; the
-    # deletions of entries come before the additions, the chains' deletions last.
+    # A third endpoint: the three-endpoint chains are made before the entries going to them.
+    e3 = EndpointInfo("10.244.4.2", 9090)
+    one_more = render_nftables_partial(
+        {**others, WEB: replace(web, endpoints=(E1, E2, e3))},
+        changed={WEB},
+        programmed=full.service_ports,
+        element_refs=refs,
+        chain_refs=chain_refs,
+    )
+    lines = _partial_lines(one_more.text)
+    assert f"add chain {T} pick-tcp-3" in lines
+    assert lines.index(f"add rule {T} nodeport-pick-tcp-3 jump mark-for-masquerade") < lines.index(
+        f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-3 }}"
+    )
+    assert (
+        f"add element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 2 : 10.244.4.2 . 9090 }}"
+        in lines
+    )
+    assert "10.96.0.10 . 80 . 0" not in one_more.text  # unchanged entries are left alone
+
+    # No endpoints left: its entries move to the no-endpoint maps.
     none_left = render_nftables_partial(
         {**others, WEB: replace(web, endpoints=())},
         changed={WEB},
         programmed=full.service_ports,
         element_refs=refs,
+        chain_refs=chain_refs,
     )
     lines = _partial_lines(none_left.text)
-    assert sorted(lines) == sorted(
-        [
-            *(f"flush chain {T} {x}" for x in (svc, s1, s2, ext)),
-            f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}",
-            f"delete element {T} service-nodeports {{ tcp . 30080 }}",
-            f"add element {T} no-endpoint-services {{ 10.96.0.10 . tcp . 80 : goto reject-chain }}",
-            f"add element {T} no-endpoint-nodeports {{ tcp . 30080 : goto reject-chain }}",
-            *(f"delete chain {T} {x}" for x in (svc, s1, s2, ext)),
-        ]
+    assert (
+        f"add element {T} no-endpoint-services {{ 10.96.0.10 . tcp . 80 : goto reject-chain }}"
+        in lines
     )
-    assert lines.index(f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}") < min(
-        i for i, ln in enumerate(lines) if ln.startswith("add element")
+    assert f"add element {T} no-endpoint-nodeports {{ tcp . 30080 : goto reject-chain }}" in lines
+    assert (
+        f"delete element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 0, 10.96.0.10 . 80 . 1 }}"
+        in lines
     )
     assert none_left.service_ports[WEB] is not None
-    assert not none_left.service_ports[WEB].chains
+    assert not none_left.service_ports[WEB].shared_chains
 
     # Removed: everything it owned goes, nothing of the others is named.
     removed = render_nftables_partial(
-        others, changed={WEB}, programmed=full.service_ports, element_refs=refs
+        others,
+        changed={WEB},
+        programmed=full.service_ports,
+        element_refs=refs,
+        chain_refs=chain_refs,
     )
     assert removed.service_ports == {WEB: None}
     assert all(not ln.startswith("add") for ln in _partial_lines(removed.text))
-    assert "bulk/" not in removed.text and "10.96.1." not in removed.text
-    assert undefined_references(one_gone.text + removed.text) == []
+    assert "10.96.1." not in removed.text and "10.244.3." not in removed.text
+    assert undefined_references(one_more.text + removed.text) == []
 
 
 def test_a_map_entry_two_service_ports_want_stays_until_both_are_gone() -> None:
@@ -292,10 +393,40 @@ def test_a_map_entry_two_service_ports_want_stays_until_both_are_gone() -> None:
     assert both.element_refs == dict.fromkeys(refs, 0)
 
 
-def test_a_single_endpoint_needs_no_random_choice() -> None:
-    web = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,))
+def test_an_endpoint_in_two_service_ports_keeps_its_hairpin_entry_until_both_let_it_go() -> None:
+    a, b = ServicePortName("ns", "a"), ServicePortName("ns", "b")
+    info_a = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,))
+    info_b = ServicePortInfo(cluster_ip="10.96.0.11", port=53, protocol="UDP", endpoints=(E1,))
+    full = render_nftables_ruleset({a: info_a, b: info_b})
+    assert full.text.count("10.244.1.2 . 10.244.1.2") == 1
+    refs, chain_refs = _refs(full)
+    one = render_nftables_partial(
+        {b: info_b},
+        changed={a},
+        programmed=full.service_ports,
+        element_refs=refs,
+        chain_refs=chain_refs,
+    )
+    assert "element ip kopflet hairpin-endpoints" not in one.text
+    both = render_nftables_partial(
+        {},
+        changed={a, b},
+        programmed=full.service_ports,
+        element_refs=refs,
+        chain_refs=chain_refs,
+    )
+    assert f"delete element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 }}" in both.text
+    assert (
+        f"delete chain {T} pick-udp-1" in both.text and f"delete chain {T} pick-tcp-1" in both.text
+    )
+
+
+def test_a_single_endpoint_with_affinity_needs_no_random_choice() -> None:
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1,), affinity_timeout=10
+    )
     text = render_nftables_ruleset({WEB: web}).text
-    assert "numgen" not in text
+    assert "numgen" not in text.replace("numgen random mod 1 :", "")
     svc, s1 = nft_service_chain(WEB, "TCP"), nft_endpoint_chain(WEB, "TCP", E1)
     assert f'add rule {T} {svc} goto {s1} comment "default/web:http"' in text.splitlines()
 

@@ -6,9 +6,9 @@ the next one full.
 
 A partial sync costs what changed, not what exists: the proxier keeps, from the last
 successful sync, what every service-port owns in the table (chains, affinity sets, map
-entries) and how many service-ports want each map entry, so it can write the changed
-service-ports' chains, add and delete single map entries and delete what went away
-without naming anything else.
+entries) and how many service-ports want each map entry and each shared chain, so it
+can write the changed service-ports' chains, add and delete single map entries and
+delete what went away without naming anything else.
 
 On a node whose Docker keeps its rules in iptables, ``forward_backend`` also gets the
 one iptables chain ``KOPFLET-FORWARD``: Docker's FORWARD policy is DROP, and an accept
@@ -48,6 +48,7 @@ class NftablesProxier:
         # What the last successful sync left; ``None``: the next sync is full.
         self._service_ports: dict[ServicePortName, NftServicePort] | None = None
         self._element_refs: dict[NftElement, int] = {}
+        self._chain_refs: dict[ChainName, int] = {}
         self._map_sizes: Counter[str] = Counter()
         self._instance_cidrs: tuple[str, ...] = ()
         self._service_rules = 0
@@ -78,6 +79,7 @@ class NftablesProxier:
         total = self._service_rules + fixed_rule_count(
             instance_cidrs=bool(self._instance_cidrs),
             filled_maps=sum(1 for m in MAPS if self._map_sizes[m]),
+            shared_chains=self._chain_refs,
         )
         return SyncOutcome(full=full, rules_programmed=total)
 
@@ -111,9 +113,12 @@ class NftablesProxier:
         )
         self.backend.restore(rendered.text)
         refs: Counter[NftElement] = Counter()
+        chain_refs: Counter[ChainName] = Counter()
         for owned in rendered.service_ports.values():
             refs.update(owned.elements)
+            chain_refs.update(owned.shared_chains)
         self._element_refs = dict(refs)
+        self._chain_refs = dict(chain_refs)
         self._map_sizes = Counter(m for m, _, _ in refs)
         self._instance_cidrs = _cidrs(state.instance_cidrs)
         self._service_rules = sum(o.rules for o in rendered.service_ports.values())
@@ -132,6 +137,7 @@ class NftablesProxier:
             changed=dirty,
             programmed=programmed,
             element_refs=self._element_refs,
+            chain_refs=self._chain_refs,
             instance_cidrs=None if cidrs == self._instance_cidrs else cidrs,
         )
         self.backend.restore(rendered.text)
@@ -141,6 +147,11 @@ class NftablesProxier:
                 self._element_refs[element] = count
             else:
                 self._element_refs.pop(element, None)
+        for chain, count in rendered.chain_refs.items():
+            if count:
+                self._chain_refs[chain] = count
+            else:
+                self._chain_refs.pop(chain, None)
         self._map_sizes.update(m for m, _, _ in rendered.elements_added)
         self._map_sizes.subtract(m for m, _, _ in rendered.elements_deleted)
         for name, owned in rendered.service_ports.items():

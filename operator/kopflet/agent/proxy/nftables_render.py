@@ -1,18 +1,37 @@
 """The nftables ruleset of the proxy: one table of ours, for ``nft -f``, whole or in part.
 
-Pure: service-ports in, text out. The shape follows kube-proxy's nftables mode: the
-table ``ip kopflet`` has its own base chains on the nat and filter hooks, and looks
-services up in verdict maps instead of walking a chain rule by rule:
+Pure: service-ports in, text out. The table ``ip kopflet`` has its own base chains on
+the nat and filter hooks and, like kube-proxy's nftables mode, looks services up in
+maps instead of walking a chain rule by rule. Unlike it, a service-port without
+ClientIP affinity owns no chain and no rule at all, only map entries:
 
-* ``service-ips`` maps ``virtual IP . protocol . port`` to ``goto svc-…``, and
-  ``service-nodeports`` maps ``protocol . port`` (to a local address) to ``goto ext-…``,
-  which marks for masquerade and goes on to ``svc-…``;
-* ``svc-…`` picks an endpoint chain: first by ClientIP affinity (a dynamic set of
-  client addresses per endpoint, with the affinity timeout), then with
-  ``numgen random mod n`` over a verdict map;
-* ``sep-…`` marks hairpin traffic, records the client for affinity and DNATs;
+* ``service-ips`` maps ``virtual IP . protocol . port`` to ``goto pick-<proto>-<n>``,
+  where ``n`` is its number of endpoints, and ``service-nodeports`` maps
+  ``protocol . port`` (to a local address) to ``goto nodeport-pick-<proto>-<n>``;
+* ``pick-tcp-<n>`` DNATs with one rule: the key ``virtual IP . port .
+  numgen random mod n`` looked up in ``service-endpoints-tcp``, which holds each
+  endpoint's address and port under its index; ``nodeport-pick-tcp-<n>`` marks for
+  masquerade and does the same with ``port . numgen random mod n`` in
+  ``nodeport-endpoints-tcp``; likewise for UDP. These chains are shared: one per
+  protocol and endpoint count in use;
+* hairpin traffic (an endpoint reaching itself through a virtual IP) is masqueraded in
+  postrouting by looking ``source . destination`` up in ``hairpin-endpoints``, which
+  holds ``ip . ip`` for every endpoint;
+* a service-port with ClientIP affinity keeps chains of its own, as kube-proxy's:
+  ``svc-…`` picks an endpoint chain, first by affinity (a dynamic set of client
+  addresses per endpoint, with the affinity timeout), then with ``numgen random mod n``
+  over a verdict map; ``sep-…`` records the client and DNATs; ``ext-…`` marks node-port
+  traffic for masquerade and goes on to ``svc-…``;
 * ``no-endpoint-services`` / ``no-endpoint-nodeports`` send new connections to a
   service-port without endpoints to ``reject-chain``.
+
+Why entries rather than chains: the kernel and ``nft`` 1.0.6 pay for every chain and
+every anonymous set in the table. A table of 10,000 service-ports x 10 endpoints built
+of chains (110,000 of them, 10,000 anonymous ``numgen`` maps) took minutes to load and a
+second for any later ``add rule``, since ``nft`` lists every chain and set first and the
+kernel numbers each new anonymous set by scanning all the others; the same services as
+map entries load in seconds, and a one-endpoint change is a few ``add``/``delete
+element`` lines (docs/PROXY.md).
 
 Every chain written is declared (``add``, a no-op if it exists) and flushed in the same
 transaction; a chain not written keeps its rules. ``flush table`` is never used: it would
@@ -20,9 +39,10 @@ empty the affinity sets.
 
 :func:`render_nftables_ruleset` writes everything (a full sync). :func:`render_nftables_partial`
 writes what changed only: the chains of the service-ports that changed, ``add element`` /
-``delete element`` for the map entries that came or went, and deletes what those
-service-ports no longer need; what every other service-port owns (:class:`NftServicePort`,
-kept by the proxier from the previous sync) is neither named nor touched.
+``delete element`` for the map entries that came or went, the shared chains that came or
+went, and deletes what those service-ports no longer need; what every other service-port
+owns (:class:`NftServicePort`, kept by the proxier from the previous sync) is neither
+named nor touched.
 """
 
 from __future__ import annotations
@@ -46,12 +66,27 @@ BASE_CHAINS: Mapping[str, str] = {
     "filter-forward": "type filter hook forward priority -10 ; policy accept ;",
 }
 REGULAR_CHAINS = ("services", "mark-for-masquerade", "masquerading", "reject-chain", "canary")
+#: Maps and sets whose entries service-ports own: name -> declaration. A map's entries
+#: are ``key : value``, a set's are keys alone.
 MAPS: Mapping[str, str] = {
     "service-ips": "type ipv4_addr . inet_proto . inet_service : verdict ;",
     "service-nodeports": "type inet_proto . inet_service : verdict ;",
     "no-endpoint-services": "type ipv4_addr . inet_proto . inet_service : verdict ;",
     "no-endpoint-nodeports": "type inet_proto . inet_service : verdict ;",
+    **{
+        f"service-endpoints-{p}": f"typeof ip daddr . {p} dport . numgen random mod 1"
+        f" : ip daddr . {p} dport ;"
+        for p in ("tcp", "udp")
+    },
+    **{
+        f"nodeport-endpoints-{p}": f"typeof {p} dport . numgen random mod 1"
+        f" : ip daddr . {p} dport ;"
+        for p in ("tcp", "udp")
+    },
+    "hairpin-endpoints": "type ipv4_addr . ipv4_addr ;",
 }
+#: Of :data:`MAPS`, the ones that are sets (no value per entry).
+ENTRY_SETS = frozenset({"hairpin-endpoints"})
 FIXED_SETS: Mapping[str, str] = {"instance-subnets": "type ipv4_addr ; flags interval ;"}
 CANARY_CHAIN = ChainName("canary")
 CANARY_RULE = 'return comment "kopflet canary"'
@@ -61,6 +96,9 @@ _MARK = f"{names.MASQ_MARK:#x}"
 _FIXED_RULES: tuple[tuple[str, str], ...] = (
     ("nat-prerouting", "jump services"),
     ("nat-output", "jump services"),
+    # Hairpin: an endpoint reaching itself through a virtual IP must see the reply come
+    # from the virtual IP, so the node must stay in the path.
+    ("nat-postrouting", "ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade"),
     ("nat-postrouting", "jump masquerading"),
     ("services", "ip daddr . meta l4proto . th dport vmap @service-ips"),
     ("services", "fib daddr type local meta l4proto . th dport vmap @service-nodeports"),
@@ -84,20 +122,56 @@ _FIXED_RULES: tuple[tuple[str, str], ...] = (
     ("masquerading", "masquerade fully-random"),
 )  # fmt: skip
 
+_PICK = "pick-"
+_NODEPORT_PICK = "nodeport-pick-"
 
-#: One entry of one of our verdict maps: ``(map, key, verdict)``.
+
+def pick_chain(protocol: str, endpoints: int) -> ChainName:
+    """The shared chain DNATing a virtual IP to one of ``endpoints`` endpoints."""
+    return ChainName(f"{_PICK}{protocol.lower()}-{endpoints}")
+
+
+def nodeport_pick_chain(protocol: str, endpoints: int) -> ChainName:
+    """The shared chain DNATing a node port to one of ``endpoints`` endpoints."""
+    return ChainName(f"{_NODEPORT_PICK}{protocol.lower()}-{endpoints}")
+
+
+def _shared_chain_rules(chain: ChainName) -> list[str]:
+    """The rules of a shared chain, known from its name alone.
+
+    One map per protocol: the map's data names the protocol's port (``tcp dport``), and
+    ``nft`` 1.0.6 can't read back a NAT map whose port is the protocol-less ``th dport``.
+    """
+    if chain.startswith(_NODEPORT_PICK):
+        proto, _, n = chain.removeprefix(_NODEPORT_PICK).partition("-")
+        return [
+            # Node-port traffic may leave for another node: masquerade it so the reply
+            # comes back through this node.
+            "jump mark-for-masquerade",
+            f"dnat ip to {proto} dport . numgen random mod {n} map @nodeport-endpoints-{proto}",
+        ]
+    proto, _, n = chain.removeprefix(_PICK).partition("-")
+    return [
+        f"dnat ip to ip daddr . {proto} dport . numgen random mod {n}"
+        f" map @service-endpoints-{proto}"
+    ]
+
+
+#: One entry of one of our maps or sets: ``(map, key, value)``; the value is ``""`` in a set.
 NftElement = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
 class NftServicePort:
     """What one service-port has in the table once its rules are applied: its own chains
-    and affinity sets, its entries in the shared maps, and how many rules it wrote."""
+    and affinity sets, the shared chains it goes to, its entries in the shared maps, and
+    how many rules its own chains hold."""
 
     chains: frozenset[ChainName] = frozenset()
     sets: frozenset[ChainName] = frozenset()
     elements: frozenset[NftElement] = frozenset()
     rules: int = 0
+    shared_chains: frozenset[ChainName] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -117,13 +191,15 @@ class RenderedNftRuleset:
 class RenderedNftPartial:
     """A partial sync: ``text`` for ``nft -f``; ``service_ports`` what each service-port
     it rendered owns once applied (``None``: removed, it owns nothing any more);
-    ``element_refs`` the new count of service-ports wanting each map entry it touched."""
+    ``element_refs`` / ``chain_refs`` the new count of service-ports wanting each map
+    entry / shared chain it touched."""
 
     text: str
     service_ports: Mapping[ServicePortName, NftServicePort | None]
     element_refs: Mapping[NftElement, int]
     elements_added: Sequence[NftElement] = ()
     elements_deleted: Sequence[NftElement] = ()
+    chain_refs: Mapping[ChainName, int] = field(default_factory=dict)
 
 
 class _Buffer:
@@ -132,6 +208,7 @@ class _Buffer:
         self.flushes: list[str] = []
         self.element_deletions: list[str] = []
         self.rules: list[str] = []
+        self.elements_added: list[str] = []
         self.deletions: list[str] = []
         self.chains: set[ChainName] = set()
         self.sets: set[ChainName] = set()
@@ -145,9 +222,16 @@ class _Buffer:
     def rule(self, chain: str, rule: str) -> None:
         self.rules.append(f"add rule {TABLE} {chain} {rule}")
 
+    def shared_chain(self, chain: ChainName) -> None:
+        self.chain(chain)
+        for rule in _shared_chain_rules(chain):
+            self.rule(chain, rule)
+
     def elements(self, map_name: str, elements: list[str]) -> None:
         if elements:
-            self.rules.append(f"add element {TABLE} {map_name} {{ {', '.join(elements)} }}")
+            self.elements_added.append(
+                f"add element {TABLE} {map_name} {{ {', '.join(elements)} }}"
+            )
 
     def text(self) -> str:
         head = [f'add table {TABLE} {{ comment "kopflet proxy rules" ; }}']
@@ -155,12 +239,18 @@ class _Buffer:
             *head,
             *self.declarations,
             *self.flushes,
-            # Before the adds: an entry may come back under the same key with a new verdict.
+            # Before the adds: an entry may come back under the same key with a new value.
             *self.element_deletions,
             *self.rules,
+            # After the rules: a verdict may go to a chain made in this transaction.
+            *self.elements_added,
             *self.deletions,
         ]
         return "\n".join(lines) + "\n"
+
+
+def _entry(map_name: str, key: str, value: str) -> str:
+    return key if map_name in ENTRY_SETS else f"{key} : {value}"
 
 
 def render_nftables_ruleset(
@@ -174,15 +264,20 @@ def render_nftables_ruleset(
     every map refilled; stale chains and sets are deleted."""
     buf = _Buffer()
     fixed = _render_fixed(buf, full=True, instance_cidrs=instance_cidrs)
-    by_map: dict[str, list[str]] = {m: [] for m in MAPS}
+    by_map: dict[str, set[str]] = {m: set() for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
+    shared: set[ChainName] = set()
     for name in sorted(service_ports):
         objects = _render_service_port(buf, name, service_ports[name])
         owned[name] = objects
-        for map_name, key, verdict in objects.elements:
-            by_map[map_name].append(f"{key} : {verdict}")
+        shared |= objects.shared_chains
+        for map_name, key, value in objects.elements:
+            by_map[map_name].add(_entry(map_name, key, value))
+    for chain in sorted(shared, key=_shared_order):
+        buf.shared_chain(chain)
     for map_name, elements in by_map.items():
-        buf.elements(map_name, elements)
+        buf.elements(map_name, sorted(elements))
+    fixed += sum(len(_shared_chain_rules(c)) for c in shared)
     fixed += sum(1 for elements in by_map.values() if elements)
 
     for chain in sorted(set(stale_chains) - buf.chains):
@@ -207,21 +302,26 @@ def render_nftables_partial(
     changed: Collection[ServicePortName],
     programmed: Mapping[ServicePortName, NftServicePort],
     element_refs: Mapping[NftElement, int],
+    chain_refs: Mapping[ChainName, int] | None = None,
     instance_cidrs: Iterable[str] | None = None,
 ) -> RenderedNftPartial:
     """Render what a partial sync must change, and nothing else.
 
     ``changed`` are the service-ports whose rules differ from what the last sync left
     (added and removed ones included); ``programmed`` what every service-port owns since
-    then, ``element_refs`` how many service-ports want each map entry (two service-ports
-    may want the same entry). The fixed chains are rewritten (a handful of rules), the maps
-    are not flushed: only entries nobody wants any more are deleted and only new ones
-    added. ``instance_cidrs`` refills the forwarding set; ``None`` leaves it as it is.
+    then, ``element_refs`` / ``chain_refs`` how many service-ports want each map entry /
+    shared chain (two service-ports may want the same entry, many the same chain). The
+    fixed chains are rewritten (a handful of rules), the maps are not flushed: only
+    entries nobody wants any more are deleted and only new ones added; a shared chain is
+    written when its first user comes and deleted when its last one goes.
+    ``instance_cidrs`` refills the forwarding set; ``None`` leaves it as it is.
     """
+    chain_refs = chain_refs or {}
     buf = _Buffer()
     _render_fixed(buf, full=False, instance_cidrs=instance_cidrs)
     owned: dict[ServicePortName, NftServicePort | None] = {}
     refs: dict[NftElement, int] = {}
+    shared_refs: dict[ChainName, int] = {}
     old_chains: set[ChainName] = set()
     old_sets: set[ChainName] = set()
     for name in sorted(changed):
@@ -233,8 +333,19 @@ def render_nftables_partial(
             refs[element] = refs.get(element, element_refs.get(element, 0)) - 1
         for element in new.elements - old.elements:
             refs[element] = refs.get(element, element_refs.get(element, 0)) + 1
+        for chain in old.shared_chains - new.shared_chains:
+            shared_refs[chain] = shared_refs.get(chain, chain_refs.get(chain, 0)) - 1
+        for chain in new.shared_chains - old.shared_chains:
+            shared_refs[chain] = shared_refs.get(chain, chain_refs.get(chain, 0)) + 1
         old_chains |= old.chains
         old_sets |= old.sets
+
+    shared_refs = {c: max(n, 0) for c, n in shared_refs.items()}
+    for chain in sorted(shared_refs, key=_shared_order):
+        if shared_refs[chain] > 0 and chain_refs.get(chain, 0) == 0:
+            buf.shared_chain(chain)
+        elif shared_refs[chain] == 0 and chain_refs.get(chain, 0) > 0:
+            old_chains.add(chain)
 
     refs = {e: max(n, 0) for e, n in refs.items()}
     deleted = sorted(e for e, n in refs.items() if n == 0 and element_refs.get(e, 0) > 0)
@@ -246,7 +357,7 @@ def render_nftables_partial(
                 f"delete element {TABLE} {map_name} {{ {', '.join(keys)} }}"
             )
     for map_name in MAPS:
-        buf.elements(map_name, [f"{key} : {v}" for m, key, v in added if m == map_name])
+        buf.elements(map_name, [_entry(m, key, v) for m, key, v in added if m == map_name])
 
     for chain in sorted(old_chains - buf.chains):
         buf.flushes.append(f"flush chain {TABLE} {chain}")
@@ -259,10 +370,16 @@ def render_nftables_partial(
         element_refs=refs,
         elements_added=added,
         elements_deleted=deleted,
+        chain_refs=shared_refs,
     )
 
 
 _NOTHING = NftServicePort()
+
+
+def _shared_order(chain: ChainName) -> tuple[str, int]:
+    prefix, _, n = chain.rpartition("-")
+    return (prefix, int(n))
 
 
 def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | None) -> int:
@@ -273,9 +390,12 @@ def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | N
     for chain in REGULAR_CHAINS:
         buf.chain(chain)
     for map_name, declaration in MAPS.items():
-        buf.declarations.append(f"add map {TABLE} {map_name} {{ {declaration} }}")
+        kind = "set" if map_name in ENTRY_SETS else "map"
+        buf.declarations.append(f"add {kind} {TABLE} {map_name} {{ {declaration} }}")
+        if kind == "set":
+            buf.sets.add(ChainName(map_name))
         if full:
-            buf.flushes.append(f"flush map {TABLE} {map_name}")
+            buf.flushes.append(f"flush {kind} {TABLE} {map_name}")
     for set_name, declaration in FIXED_SETS.items():
         buf.declarations.append(f"add set {TABLE} {set_name} {{ {declaration} }}")
         if instance_cidrs is not None:
@@ -285,17 +405,20 @@ def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | N
         buf.rule(chain, rule)
     if instance_cidrs is not None:
         buf.elements("instance-subnets", sorted(set(instance_cidrs)))
-    return len(buf.rules)
+    return len(_FIXED_RULES) + int(instance_cidrs is not None and bool(buf.elements_added))
 
 
-def fixed_rule_count(*, instance_cidrs: bool, filled_maps: int) -> int:
+def fixed_rule_count(
+    *, instance_cidrs: bool, filled_maps: int, shared_chains: Iterable[ChainName] = ()
+) -> int:
     """What :func:`render_nftables_ruleset` counts as fixed rules: the fixed chains'
-    rules and one per filled set or map."""
-    return len(_FIXED_RULES) + int(instance_cidrs) + filled_maps
+    rules, the shared chains' rules and one per filled set or map."""
+    shared = sum(len(_shared_chain_rules(c)) for c in shared_chains)
+    return len(_FIXED_RULES) + int(instance_cidrs) + filled_maps + shared
 
 
 def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
-    """The entries ``name`` wants in the shared maps."""
+    """The entries ``name`` wants in the shared maps and sets."""
     proto = info.protocol.lower()
     vip = f"{info.cluster_ip} . {proto} . {info.port}"
     node_port = f"{proto} . {info.node_port}"
@@ -305,32 +428,56 @@ def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
         if info.node_port is not None:
             elements.append(("no-endpoint-nodeports", node_port, reject))
         return elements
-    elements = [("service-ips", vip, f"goto {names.nft_service_chain(name, info.protocol)}")]
+    elements = [("hairpin-endpoints", f"{e.ip} . {e.ip}", "") for e in info.endpoints]
+    n = len(info.endpoints)
+    if info.affinity_timeout is not None:
+        svc = names.nft_service_chain(name, info.protocol)
+        elements.append(("service-ips", vip, f"goto {svc}"))
+        if info.node_port is not None:
+            ext = names.nft_external_chain(name, info.protocol)
+            elements.append(("service-nodeports", node_port, f"goto {ext}"))
+        return elements
+    elements.append(("service-ips", vip, f"goto {pick_chain(proto, n)}"))
+    elements += [
+        (
+            f"service-endpoints-{proto}",
+            f"{info.cluster_ip} . {info.port} . {i}",
+            f"{e.ip} . {e.port}",
+        )
+        for i, e in enumerate(info.endpoints)
+    ]
     if info.node_port is not None:
-        ext = names.nft_external_chain(name, info.protocol)
-        elements.append(("service-nodeports", node_port, f"goto {ext}"))
+        elements.append(("service-nodeports", node_port, f"goto {nodeport_pick_chain(proto, n)}"))
+        elements += [
+            (f"nodeport-endpoints-{proto}", f"{info.node_port} . {i}", f"{e.ip} . {e.port}")
+            for i, e in enumerate(info.endpoints)
+        ]
     return elements
 
 
 def _render_service_port(
     buf: _Buffer, name: ServicePortName, info: ServicePortInfo
 ) -> NftServicePort:
-    """Write the chains of one service-port (none without endpoints: its map entries
-    reject); returns everything it owns once applied."""
+    """Write the chains of one service-port (none but with ClientIP affinity: its map
+    entries do the rest); returns everything it owns once applied."""
     elements = frozenset(_elements(name, info))
     if not info.endpoints:
         return NftServicePort(elements=elements)
+    timeout = info.affinity_timeout
+    if timeout is None:
+        n = len(info.endpoints)
+        shared = [pick_chain(info.protocol, n)]
+        if info.node_port is not None:
+            shared.append(nodeport_pick_chain(info.protocol, n))
+        return NftServicePort(elements=elements, shared_chains=frozenset(shared))
     before = len(buf.rules)
     proto = info.protocol.lower()
     svc = names.nft_service_chain(name, info.protocol)
     ext = names.nft_external_chain(name, info.protocol) if info.node_port is not None else None
     endpoint_chains = [names.nft_endpoint_chain(name, info.protocol, e) for e in info.endpoints]
-    timeout = info.affinity_timeout
-    affinity_sets = (
-        [names.nft_affinity_set(name, info.protocol, e, timeout) for e in info.endpoints]
-        if timeout is not None
-        else []
-    )
+    affinity_sets = [
+        names.nft_affinity_set(name, info.protocol, e, timeout) for e in info.endpoints
+    ]
     owned = [svc, *endpoint_chains, *([ext] if ext else [])]
     for chain in owned:
         buf.chain(chain)
@@ -343,24 +490,17 @@ def _render_service_port(
         buf.sets.add(set_name)
     comment = f'comment "{name}"'
     if ext is not None:
-        # Node-port traffic may leave for another node: masquerade it so the reply
-        # comes back through this node.
         buf.rule(ext, f"jump mark-for-masquerade {comment}")
         buf.rule(ext, f"goto {svc}")
-    if affinity_sets:
-        for set_name, chain in zip(affinity_sets, endpoint_chains, strict=True):
-            buf.rule(svc, f"ip saddr @{set_name} goto {chain}")
+    for set_name, chain in zip(affinity_sets, endpoint_chains, strict=True):
+        buf.rule(svc, f"ip saddr @{set_name} goto {chain}")
     if len(endpoint_chains) == 1:
         buf.rule(svc, f"goto {endpoint_chains[0]} {comment}")
     else:
         choices = ", ".join(f"{i} : goto {c}" for i, c in enumerate(endpoint_chains))
         buf.rule(svc, f"numgen random mod {len(endpoint_chains)} vmap {{ {choices} }} {comment}")
     for i, (endpoint, chain) in enumerate(zip(info.endpoints, endpoint_chains, strict=True)):
-        # Hairpin: an endpoint reaching itself through the virtual IP must see the
-        # reply come from the virtual IP, so the node must be in the path.
-        buf.rule(chain, f"ip saddr {endpoint.ip} jump mark-for-masquerade")
-        if affinity_sets:
-            buf.rule(chain, f"update @{affinity_sets[i]} {{ ip saddr }}")
+        buf.rule(chain, f"update @{affinity_sets[i]} {{ ip saddr }}")
         buf.rule(chain, f"meta l4proto {proto} dnat to {endpoint.address} {comment}")
     return NftServicePort(
         chains=frozenset(owned),
