@@ -14,7 +14,13 @@ from kopflet.agent.proxy.chain_names import (
     nft_external_chain,
     nft_service_chain,
 )
-from kopflet.agent.proxy.model import ChainName, EndpointInfo, ServicePortInfo, ServicePortName
+from kopflet.agent.proxy.model import (
+    ChainName,
+    EndpointInfo,
+    NodeName,
+    ServicePortInfo,
+    ServicePortName,
+)
 from kopflet.agent.proxy.nftables_render import (
     NftElement,
     RenderedNftRuleset,
@@ -433,3 +439,21 @@ def test_a_single_endpoint_with_affinity_needs_no_random_choice() -> None:
 
 def test_a_new_affinity_timeout_makes_a_new_set() -> None:
     assert nft_affinity_set(WEB, "TCP", E1, 60) != nft_affinity_set(WEB, "TCP", E1, 61)
+
+
+def test_only_this_nodes_endpoints_get_hairpin_entries() -> None:
+    here, there, unknown = (
+        EndpointInfo("10.244.1.2", 8080, node_name=NodeName("n1")),
+        EndpointInfo("10.244.2.2", 8080, node_name=NodeName("n2")),
+        EndpointInfo("10.244.3.2", 8080),
+    )
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(here, there, unknown)
+    )
+    text = render_nftables_ruleset({WEB: web}, local_node="n1").text
+    assert (
+        f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2, 10.244.3.2 . 10.244.3.2 }}"
+        in text.splitlines()
+    )
+    everywhere = render_nftables_ruleset({WEB: web}).text
+    assert "10.244.2.2 . 10.244.2.2" in everywhere and "10.244.2.2 . 10.244.2.2" not in text

@@ -38,7 +38,11 @@ Obj = Mapping[str, Any]
 
 
 def make_proxier(
-    mode: ProxyMode, *, runner: CommandRunner, backend: NetfilterBackend | None = None
+    mode: ProxyMode,
+    *,
+    runner: CommandRunner,
+    backend: NetfilterBackend | None = None,
+    node_name: str | None = None,
 ) -> Proxier:
     if mode == "iptables":
         variant_backend = backend or IptablesBackend(
@@ -51,7 +55,9 @@ def make_proxier(
             variant = detect_iptables_variant(runner)
             if shutil.which(f"iptables-{variant}-restore") is not None:
                 forward = IptablesBackend(variant=variant, runner=runner)
-        return NftablesProxier(backend or NftablesBackend(runner), forward_backend=forward)
+        return NftablesProxier(
+            backend or NftablesBackend(runner), forward_backend=forward, node_name=node_name
+        )
     if mode == "userspace":
         return UserspaceProxier(runner)
     raise ValueError(f"unknown proxy mode {mode!r}; expected one of {', '.join(PROXY_MODES)}")
@@ -89,7 +95,7 @@ class ProxyEngine:
             return list(flush_conntrack(flushes, runner_))
 
         self.syncer = ProxySyncer(
-            proxier=make_proxier(mode, runner=self._runner, backend=backend),
+            proxier=make_proxier(mode, runner=self._runner, backend=backend, node_name=node_name),
             node_name=NodeName(node_name),
             clock=clock,
             policy=policy,

@@ -109,8 +109,12 @@ class NftablesBackend:
             raise NetfilterError(str(exc)) from exc
 
     def save(self, table: str = names.NFT_TABLE) -> str:
+        """The table without its set and map entries (``-t``): listing 200,000 of them
+        costs seconds, and callers want the objects and rules."""
         done = self._runner.run(
-            ["nft", "list", "table", names.NFT_FAMILY, table], check=False, timeout=RULESET_TIMEOUT
+            ["nft", "-t", "list", "table", names.NFT_FAMILY, table],
+            check=False,
+            timeout=RULESET_TIMEOUT,
         )
         if done.returncode != 0:
             if "No such file or directory" in done.stderr:

@@ -41,10 +41,16 @@ from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
 
 class NftablesProxier:
     def __init__(
-        self, backend: NetfilterBackend, *, forward_backend: NetfilterBackend | None = None
+        self,
+        backend: NetfilterBackend,
+        *,
+        forward_backend: NetfilterBackend | None = None,
+        node_name: str | None = None,
     ) -> None:
         self.backend = backend
         self.forward_backend = forward_backend
+        #: This node: only its own endpoints can reach themselves through it (hairpin).
+        self.node_name = node_name
         # What the last successful sync left; ``None``: the next sync is full.
         self._service_ports: dict[ServicePortName, NftServicePort] | None = None
         self._element_refs: dict[NftElement, int] = {}
@@ -110,6 +116,7 @@ class NftablesProxier:
             instance_cidrs=state.instance_cidrs,
             stale_chains={ChainName(c) for c in existing["chain"]},
             stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
+            local_node=self.node_name,
         )
         self.backend.restore(rendered.text)
         refs: Counter[NftElement] = Counter()
@@ -139,6 +146,7 @@ class NftablesProxier:
             element_refs=self._element_refs,
             chain_refs=self._chain_refs,
             instance_cidrs=None if cidrs == self._instance_cidrs else cidrs,
+            local_node=self.node_name,
         )
         self.backend.restore(rendered.text)
         # Applied: the record follows.

@@ -16,7 +16,7 @@ ClientIP affinity owns no chain and no rule at all, only map entries:
   protocol and endpoint count in use;
 * hairpin traffic (an endpoint reaching itself through a virtual IP) is masqueraded in
   postrouting by looking ``source . destination`` up in ``hairpin-endpoints``, which
-  holds ``ip . ip`` for every endpoint;
+  holds ``ip . ip`` for every endpoint on this node;
 * a service-port with ClientIP affinity keeps chains of its own, as kube-proxy's:
   ``svc-…`` picks an endpoint chain, first by affinity (a dynamic set of client
   addresses per endpoint, with the affinity timeout), then with ``numgen random mod n``
@@ -259,16 +259,18 @@ def render_nftables_ruleset(
     instance_cidrs: Iterable[str] = (),
     stale_chains: Iterable[ChainName] = (),
     stale_sets: Iterable[ChainName] = (),
+    local_node: str | None = None,
 ) -> RenderedNftRuleset:
     """Render the whole table for ``service_ports`` (a full sync): every chain rewritten,
-    every map refilled; stale chains and sets are deleted."""
+    every map refilled; stale chains and sets are deleted. ``local_node``: this node,
+    whose endpoints alone get hairpin entries (``None``: every endpoint)."""
     buf = _Buffer()
     fixed = _render_fixed(buf, full=True, instance_cidrs=instance_cidrs)
     by_map: dict[str, set[str]] = {m: set() for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
     shared: set[ChainName] = set()
     for name in sorted(service_ports):
-        objects = _render_service_port(buf, name, service_ports[name])
+        objects = _render_service_port(buf, name, service_ports[name], local_node)
         owned[name] = objects
         shared |= objects.shared_chains
         for map_name, key, value in objects.elements:
@@ -304,6 +306,7 @@ def render_nftables_partial(
     element_refs: Mapping[NftElement, int],
     chain_refs: Mapping[ChainName, int] | None = None,
     instance_cidrs: Iterable[str] | None = None,
+    local_node: str | None = None,
 ) -> RenderedNftPartial:
     """Render what a partial sync must change, and nothing else.
 
@@ -327,7 +330,7 @@ def render_nftables_partial(
     for name in sorted(changed):
         old = programmed.get(name, _NOTHING)
         info = service_ports.get(name)
-        new = _NOTHING if info is None else _render_service_port(buf, name, info)
+        new = _NOTHING if info is None else _render_service_port(buf, name, info, local_node)
         owned[name] = None if info is None else new
         for element in old.elements - new.elements:
             refs[element] = refs.get(element, element_refs.get(element, 0)) - 1
@@ -417,8 +420,14 @@ def fixed_rule_count(
     return len(_FIXED_RULES) + int(instance_cidrs) + filled_maps + shared
 
 
-def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
-    """The entries ``name`` wants in the shared maps and sets."""
+def _elements(
+    name: ServicePortName, info: ServicePortInfo, local_node: str | None
+) -> list[NftElement]:
+    """The entries ``name`` wants in the shared maps and sets.
+
+    Hairpin entries only for this node's endpoints (and those of no known node): a
+    packet from an endpoint to a virtual IP is DNATed on the endpoint's own node.
+    """
     proto = info.protocol.lower()
     vip = f"{info.cluster_ip} . {proto} . {info.port}"
     node_port = f"{proto} . {info.node_port}"
@@ -428,7 +437,11 @@ def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
         if info.node_port is not None:
             elements.append(("no-endpoint-nodeports", node_port, reject))
         return elements
-    elements = [("hairpin-endpoints", f"{e.ip} . {e.ip}", "") for e in info.endpoints]
+    elements = [
+        ("hairpin-endpoints", f"{e.ip} . {e.ip}", "")
+        for e in info.endpoints
+        if local_node is None or e.node_name is None or e.node_name == local_node
+    ]
     n = len(info.endpoints)
     if info.affinity_timeout is not None:
         svc = names.nft_service_chain(name, info.protocol)
@@ -456,11 +469,11 @@ def _elements(name: ServicePortName, info: ServicePortInfo) -> list[NftElement]:
 
 
 def _render_service_port(
-    buf: _Buffer, name: ServicePortName, info: ServicePortInfo
+    buf: _Buffer, name: ServicePortName, info: ServicePortInfo, local_node: str | None
 ) -> NftServicePort:
     """Write the chains of one service-port (none but with ClientIP affinity: its map
     entries do the rest); returns everything it owns once applied."""
-    elements = frozenset(_elements(name, info))
+    elements = frozenset(_elements(name, info, local_node))
     if not info.endpoints:
         return NftServicePort(elements=elements)
     timeout = info.affinity_timeout
