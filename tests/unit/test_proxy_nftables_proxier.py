@@ -43,6 +43,9 @@ class RecordingNft:
     def list_chain(self, table: str, chain: str) -> list[str] | None:
         return None
 
+    def rule_count(self, table: str, chain: str) -> int | None:
+        return None
+
 
 def state(*endpoints: EndpointInfo) -> ProxyState:
     info = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=endpoints)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 
@@ -25,6 +25,7 @@ from kopflet.agent.proxy.netfilter_backend import (
     IptablesBackend,
     NetfilterBackend,
     NftablesBackend,
+    NftBackend,
     detect_iptables_variant,
 )
 from kopflet.agent.proxy.nftables_proxier import NftablesProxier
@@ -55,8 +56,12 @@ def make_proxier(
             variant = detect_iptables_variant(runner)
             if shutil.which(f"iptables-{variant}-restore") is not None:
                 forward = IptablesBackend(variant=variant, runner=runner)
+        if backend is not None and not hasattr(backend, "rule_count"):
+            raise TypeError(f"{backend.name} can't back nftables mode: it counts no rules")
         return NftablesProxier(
-            backend or NftablesBackend(runner), forward_backend=forward, node_name=node_name
+            cast(NftBackend, backend) if backend is not None else NftablesBackend(runner),
+            forward_backend=forward,
+            node_name=node_name,
         )
     if mode == "userspace":
         return UserspaceProxier(runner)

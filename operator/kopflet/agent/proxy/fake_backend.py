@@ -278,6 +278,10 @@ class FakeNftBackend(_RecordingRestores):
         rules = self.table.chains.get(chain)
         return None if rules is None else list(rules)
 
+    def rule_count(self, table: str, chain: str) -> int | None:
+        rules = self.table.chains.get(chain)
+        return None if rules is None else len(rules)
+
     def flush_table(self) -> None:
         """What ``nft flush table ip kopflet`` does: every chain emptied, sets and maps
         too; the objects stay."""
