@@ -119,14 +119,9 @@ class NftablesProxier:
             local_node=self.node_name,
         )
         self.backend.restore(rendered.text)
-        refs: Counter[NftElement] = Counter()
-        chain_refs: Counter[ChainName] = Counter()
-        for owned in rendered.service_ports.values():
-            refs.update(owned.elements)
-            chain_refs.update(owned.shared_chains)
-        self._element_refs = dict(refs)
-        self._chain_refs = dict(chain_refs)
-        self._map_sizes = Counter(m for m, _, _ in refs)
+        self._element_refs = dict(rendered.element_refs)
+        self._chain_refs = dict(rendered.chain_refs)
+        self._map_sizes = Counter(rendered.map_sizes)
         self._instance_cidrs = _cidrs(state.instance_cidrs)
         self._service_rules = sum(o.rules for o in rendered.service_ports.values())
         self._service_ports = dict(rendered.service_ports)

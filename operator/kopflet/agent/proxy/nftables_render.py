@@ -169,7 +169,8 @@ class NftServicePort:
 
     chains: frozenset[ChainName] = frozenset()
     sets: frozenset[ChainName] = frozenset()
-    elements: frozenset[NftElement] = frozenset()
+    #: In the order they are written; each once.
+    elements: tuple[NftElement, ...] = ()
     rules: int = 0
     shared_chains: frozenset[ChainName] = frozenset()
 
@@ -177,7 +178,8 @@ class NftServicePort:
 @dataclass(frozen=True)
 class RenderedNftRuleset:
     """``text`` for ``nft -f``; ``chains`` and ``sets`` every object of ours that exists
-    once it is applied; ``service_ports`` what each service-port owns."""
+    once it is applied; ``service_ports`` what each service-port owns. Entries come in
+    the order of the service-ports' names."""
 
     text: str
     chains: frozenset[ChainName]
@@ -185,6 +187,10 @@ class RenderedNftRuleset:
     fixed_rule_count: int
     rules_by_service: Mapping[ServicePortName, int] = field(default_factory=dict)
     service_ports: Mapping[ServicePortName, NftServicePort] = field(default_factory=dict)
+    #: How many service-ports want each map entry and each shared chain; entries per map.
+    element_refs: Mapping[NftElement, int] = field(default_factory=dict)
+    chain_refs: Mapping[ChainName, int] = field(default_factory=dict)
+    map_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -265,20 +271,27 @@ def render_nftables_ruleset(
     every map refilled; stale chains and sets are deleted. ``local_node``: this node,
     whose endpoints alone get hairpin entries (``None``: every endpoint)."""
     buf = _Buffer()
-    fixed = _render_fixed(buf, full=True, instance_cidrs=instance_cidrs)
-    by_map: dict[str, set[str]] = {m: set() for m in MAPS}
+    fixed = _render_fixed(buf, instance_cidrs=instance_cidrs)
+    by_map: dict[str, list[str]] = {m: [] for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
-    shared: set[ChainName] = set()
+    refs: dict[NftElement, int] = {}
+    chain_refs: dict[ChainName, int] = {}
     for name in sorted(service_ports):
         objects = _render_service_port(buf, name, service_ports[name], local_node)
         owned[name] = objects
-        shared |= objects.shared_chains
-        for map_name, key, value in objects.elements:
-            by_map[map_name].add(_entry(map_name, key, value))
+        for chain in objects.shared_chains:
+            chain_refs[chain] = chain_refs.get(chain, 0) + 1
+        for element in objects.elements:
+            count = refs.get(element, 0)
+            refs[element] = count + 1
+            if not count:  # an entry two service-ports want is written once
+                map_name, key, value = element
+                by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
+    shared = set(chain_refs)
     for chain in sorted(shared, key=_shared_order):
         buf.shared_chain(chain)
     for map_name, elements in by_map.items():
-        buf.elements(map_name, sorted(elements))
+        buf.elements(map_name, elements)
     fixed += sum(len(_shared_chain_rules(c)) for c in shared)
     fixed += sum(1 for elements in by_map.values() if elements)
 
@@ -295,6 +308,9 @@ def render_nftables_ruleset(
         fixed_rule_count=fixed,
         rules_by_service={n: o.rules for n, o in owned.items() if o.rules},
         service_ports=owned,
+        element_refs=refs,
+        chain_refs=chain_refs,
+        map_sizes={m: len(e) for m, e in by_map.items() if e},
     )
 
 
@@ -314,14 +330,18 @@ def render_nftables_partial(
     (added and removed ones included); ``programmed`` what every service-port owns since
     then, ``element_refs`` / ``chain_refs`` how many service-ports want each map entry /
     shared chain (two service-ports may want the same entry, many the same chain). The
-    fixed chains are rewritten (a handful of rules), the maps are not flushed: only
-    entries nobody wants any more are deleted and only new ones added; a shared chain is
-    written when its first user comes and deleted when its last one goes.
+    fixed chains, maps and sets are left as the last full sync wrote them (rewriting
+    their two dozen rules made ``nft`` read every set of the table: tens of milliseconds
+    at 10,000 service-ports), the maps are not flushed: only entries nobody wants any
+    more are deleted and only new ones added; a shared chain is written when its first
+    user comes and deleted when its last one goes.
     ``instance_cidrs`` refills the forwarding set; ``None`` leaves it as it is.
     """
     chain_refs = chain_refs or {}
     buf = _Buffer()
-    _render_fixed(buf, full=False, instance_cidrs=instance_cidrs)
+    if instance_cidrs is not None:
+        buf.flushes.append(f"flush set {TABLE} instance-subnets")
+        buf.elements("instance-subnets", sorted(set(instance_cidrs)))
     owned: dict[ServicePortName, NftServicePort | None] = {}
     refs: dict[NftElement, int] = {}
     shared_refs: dict[ChainName, int] = {}
@@ -332,9 +352,10 @@ def render_nftables_partial(
         info = service_ports.get(name)
         new = _NOTHING if info is None else _render_service_port(buf, name, info, local_node)
         owned[name] = None if info is None else new
-        for element in old.elements - new.elements:
+        old_elements, new_elements = set(old.elements), set(new.elements)
+        for element in old_elements - new_elements:
             refs[element] = refs.get(element, element_refs.get(element, 0)) - 1
-        for element in new.elements - old.elements:
+        for element in new_elements - old_elements:
             refs[element] = refs.get(element, element_refs.get(element, 0)) + 1
         for chain in old.shared_chains - new.shared_chains:
             shared_refs[chain] = shared_refs.get(chain, chain_refs.get(chain, 0)) - 1
@@ -385,9 +406,9 @@ def _shared_order(chain: ChainName) -> tuple[str, int]:
     return (prefix, int(n))
 
 
-def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | None) -> int:
-    """The table's own chains, maps and sets; returns how many rules (element lines
-    included) it wrote. The maps are flushed on a full sync only."""
+def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> int:
+    """The table's own chains, maps and sets, all flushed and refilled; returns how many
+    rules (element lines included) it wrote."""
     for chain, declaration in BASE_CHAINS.items():
         buf.chain(chain, declaration)
     for chain in REGULAR_CHAINS:
@@ -397,18 +418,15 @@ def _render_fixed(buf: _Buffer, *, full: bool, instance_cidrs: Iterable[str] | N
         buf.declarations.append(f"add {kind} {TABLE} {map_name} {{ {declaration} }}")
         if kind == "set":
             buf.sets.add(ChainName(map_name))
-        if full:
-            buf.flushes.append(f"flush {kind} {TABLE} {map_name}")
+        buf.flushes.append(f"flush {kind} {TABLE} {map_name}")
     for set_name, declaration in FIXED_SETS.items():
         buf.declarations.append(f"add set {TABLE} {set_name} {{ {declaration} }}")
-        if instance_cidrs is not None:
-            buf.flushes.append(f"flush set {TABLE} {set_name}")
+        buf.flushes.append(f"flush set {TABLE} {set_name}")
         buf.sets.add(ChainName(set_name))
     for chain, rule in _FIXED_RULES:
         buf.rule(chain, rule)
-    if instance_cidrs is not None:
-        buf.elements("instance-subnets", sorted(set(instance_cidrs)))
-    return len(_FIXED_RULES) + int(instance_cidrs is not None and bool(buf.elements_added))
+    buf.elements("instance-subnets", sorted(set(instance_cidrs)))
+    return len(_FIXED_RULES) + int(bool(buf.elements_added))
 
 
 def fixed_rule_count(
@@ -473,7 +491,7 @@ def _render_service_port(
 ) -> NftServicePort:
     """Write the chains of one service-port (none but with ClientIP affinity: its map
     entries do the rest); returns everything it owns once applied."""
-    elements = frozenset(_elements(name, info, local_node))
+    elements = tuple(dict.fromkeys(_elements(name, info, local_node)))
     if not info.endpoints:
         return NftServicePort(elements=elements)
     timeout = info.affinity_timeout
