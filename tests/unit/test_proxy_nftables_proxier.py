@@ -103,6 +103,16 @@ def test_forwarding_chain_goes_to_dockers_iptables_with_the_hook_checked_on_full
         "-d 10.244.1.0/24 -j ACCEPT" in r for r in iptables.rules("filter", "KOPFLET-FORWARD")
     )
     assert "nat" not in "".join(iptables.restored)
+    # Partial syncs write it only when the instance subnets change.
+    restores = len(iptables.restored)
+    proxier.sync_blocking(state(E1, E2), changed={WEB}, full=False)
+    assert len(iptables.restored) == restores
+    wider = replace(state(E1), instance_cidrs=("10.244.1.0/24", "10.244.2.0/24"))
+    proxier.sync_blocking(wider, changed=set(), full=False)
+    assert len(iptables.restored) == restores + 1
+    assert any(
+        "-d 10.244.2.0/24 -j ACCEPT" in r for r in iptables.rules("filter", "KOPFLET-FORWARD")
+    )
 
 
 @pytest.mark.parametrize("seed", range(8))
