@@ -12,6 +12,7 @@ import sys
 from typing import Literal, Protocol
 
 from kopflet.agent.proxy import chain_names as names
+from kopflet.agent.proxy import nft_netlink
 from kopflet.agent.proxy.commands import RULESET_TIMEOUT, CommandError, CommandRunner
 from kopflet.agent.proxy.nft_netlink import chain_rule_count
 
@@ -139,9 +140,9 @@ class NftablesBackend:
     def rule_count(self, table: str, chain: str) -> int | None:
         if self._runner.netns is None:
             return chain_rule_count(table, chain)
-        module = "kopflet.agent.proxy.nft_netlink"
+        # By path: the module needs only the standard library, not kopflet on the path.
         try:
-            done = self._runner.run([sys.executable, "-m", module, table, chain])
+            done = self._runner.run([sys.executable, nft_netlink.__file__, table, chain])
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
         answer = done.stdout.strip()

@@ -6,8 +6,8 @@ while a rule dump filtered by table and chain (``NFT_MSG_GETRULE`` with ``NLM_F_
 costs what that one chain holds.
 
 In the current network namespace it runs in-process; for another one, the agent runs
-this module under ``nsenter`` (``python -m kopflet.agent.proxy.nft_netlink TABLE CHAIN``),
-which prints the count.
+this file under ``nsenter`` (``python .../nft_netlink.py TABLE CHAIN``), which prints
+the count. It needs nothing but the standard library.
 """
 
 from __future__ import annotations
