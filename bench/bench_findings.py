@@ -41,20 +41,23 @@ remains is the second container.""",
 **#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very text we
 applied is the baseline on each line. nftables: services are map entries, so a full sync of
 10,000 x 10 is one `nft -f` of ~170,000 entries (6.6 MB), ~11 us each in nft 1.0.6's own
-parsing and the kernel -- 1.6-2.2 s bare here -- plus ~0.35 s of our render and bookkeeping,
-so the 2 s target is met or missed by the machine's load. (The chain-per-endpoint layout it
-replaced took ~3 minutes for the same services: the kernel numbered each of the 10,000
-anonymous maps by scanning all the others.) `iptables-nft-restore` 1.8.9 reads the whole
-ruleset first (~60 ms for a one-chain text at 1,000 x 10) and a bare restore of 2,000 x 10
-did not finish in 10 minutes, so iptables mode is not run at 10,000 (docs/PROXY.md,
-Requirements and limits).""",
+parsing and the kernel -- 1.6-2.2 s bare here -- plus our render, bookkeeping and the pipe to
+nft: 0.35-0.5 s measured alone, more on a loaded machine (the resync lines). So the 2 s target
+is met or missed by a few hundred milliseconds, with the bare tool alone close to it. (The
+chain-per-endpoint layout it replaced took ~3 minutes for the same services: the kernel
+numbered each of the 10,000 anonymous maps by scanning all the others.)
+`iptables-nft-restore` 1.8.9 reads the whole ruleset first (~60 ms for a one-chain text at
+1,000 x 10) and a bare restore of 2,000 x 10 did not finish in 10 minutes, so iptables mode
+is not run at 10,000 (docs/PROXY.md, Requirements and limits).""",
     "4": """\
 **#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
 forwarding share two busy cores. A miss in one run is not a cause found: the same paths swing
 between runs (new connections through the virtual IP: iptables 1.06 of direct in the first full
 run and 0.83 in the next; nftables 0.75, then 1.05), and the cluster's own mode measured as the
-control in the bench's namespace gave 1.02. What remains for new connections is conntrack +
+control in the bench's namespace gave 1.02; a #4 run right after the full run of 2026-11-30
+14:14 met the two lines that run missed (1.00 and 1.10 of direct) and missed two others (0.82,
+0.88). What remains for new connections is conntrack +
 DNAT per connection. The userspace relay copies every byte through the agent process: about 0.7
 of direct for new connections, 0.8-0.9 for one stream.""",
     "5": """\
