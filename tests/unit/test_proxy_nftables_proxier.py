@@ -168,3 +168,14 @@ def test_a_failed_partial_sync_makes_the_next_one_full_and_right() -> None:
     fresh = FakeNftBackend()
     NftablesProxier(fresh).sync_blocking(state(E1), changed=set(), full=True)
     assert backend.table == fresh.table
+
+
+def test_the_count_of_what_is_programmed_follows_the_map_entries() -> None:
+    proxier = NftablesProxier(RecordingNft())
+    two = proxier.sync_blocking(state(E1, E2), changed=set(), full=True)
+    one = proxier.sync_blocking(state(E1), changed={WEB}, full=False)
+    # One endpoint's entry in service-endpoints-tcp and its hairpin entry; the shared
+    # chain it goes to changes, its rule count doesn't.
+    assert two.rules_programmed - one.rules_programmed == 2
+    fresh = NftablesProxier(RecordingNft()).sync_blocking(state(E1), changed=set(), full=True)
+    assert fresh.rules_programmed == one.rules_programmed

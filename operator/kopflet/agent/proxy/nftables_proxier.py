@@ -32,7 +32,7 @@ from kopflet.agent.proxy.nftables_render import (
     MAPS,
     NftElement,
     NftServicePort,
-    fixed_rule_count,
+    programmed_count,
     render_nftables_partial,
     render_nftables_ruleset,
 )
@@ -82,10 +82,11 @@ class NftablesProxier:
         except BaseException:
             self._service_ports = None
             raise
-        total = self._service_rules + fixed_rule_count(
+        total = programmed_count(
+            rules=self._service_rules,
             instance_cidrs=bool(self._instance_cidrs),
-            filled_maps=sum(1 for m in MAPS if self._map_sizes[m]),
             shared_chains=self._chain_refs,
+            map_entries=sum(self._map_sizes[m] for m in MAPS),
         )
         return SyncOutcome(full=full, rules_programmed=total)
 

@@ -429,13 +429,14 @@ def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> int:
     return len(_FIXED_RULES) + int(bool(buf.elements_added))
 
 
-def fixed_rule_count(
-    *, instance_cidrs: bool, filled_maps: int, shared_chains: Iterable[ChainName] = ()
+def programmed_count(
+    *, rules: int, instance_cidrs: bool, shared_chains: Iterable[ChainName], map_entries: int
 ) -> int:
-    """What :func:`render_nftables_ruleset` counts as fixed rules: the fixed chains'
-    rules, the shared chains' rules and one per filled set or map."""
+    """What the proxier reports as programmed: rules, and every entry of the service
+    maps and sets -- an entry does what a rule per endpoint does in kube-proxy's layout,
+    so the figure still grows with the services and endpoints."""
     shared = sum(len(_shared_chain_rules(c)) for c in shared_chains)
-    return len(_FIXED_RULES) + int(instance_cidrs) + filled_maps + shared
+    return len(_FIXED_RULES) + int(instance_cidrs) + shared + rules + map_entries
 
 
 def _elements(
