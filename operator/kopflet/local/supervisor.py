@@ -220,18 +220,44 @@ class Supervisor:
             time.sleep(0.5)
 
     def stop_all(self) -> None:
-        """Stop in reverse start order: agents and controller, engines, then the control plane."""
+        """Stop in reverse start order: agents and controller, engines, then the control plane.
+
+        The nodes' copies of one component (the three agents, the three engines) stop
+        together: an engine with running containers can take its whole stop timeout, and
+        one node after the other made ``kopflet down`` wait minutes.
+        """
+        groups: list[list[_Running]] = []
         for running in reversed(self._running):
-            process = running.process
-            if process is None or process.poll() is not None:
-                running.status.state = (
-                    "stopped" if running.status.state != "not built" else "not built"
-                )
-                continue
-            self._stop(running)
-            running.status.state = "stopped"
-            running.status.pid = None
+            if groups and groups[-1][0].component.name == running.component.name:
+                groups[-1].append(running)
+            else:
+                groups.append([running])
+        for group in groups:
+            live = [r for r in group if r.process is not None and r.process.poll() is None]
+            for running in group:
+                if running not in live:
+                    running.status.state = (
+                        "stopped" if running.status.state != "not built" else "not built"
+                    )
+            self._stop_together(live)
+            for running in live:
+                running.status.state = "stopped"
+                running.status.pid = None
         self.write_status()
+
+    def _stop_together(self, group: list[_Running]) -> None:
+        for running in group:
+            assert running.process is not None
+            running.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        for running in group:
+            assert running.process is not None
+            left = running.component.stop_timeout - (time.monotonic() - started)
+            try:
+                running.process.wait(timeout=max(left, 0.0))
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait(timeout=10)
 
     def _stop(self, running: _Running) -> None:
         process = running.process
