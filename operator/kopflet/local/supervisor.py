@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 from loguru import logger
@@ -226,23 +227,15 @@ class Supervisor:
         together: an engine with running containers can take its whole stop timeout, and
         one node after the other made ``kopflet down`` wait minutes.
         """
-        groups: list[list[_Running]] = []
-        for running in reversed(self._running):
-            if groups and groups[-1][0].component.name == running.component.name:
-                groups[-1].append(running)
-            else:
-                groups.append([running])
-        for group in groups:
+        for _name, copies in groupby(reversed(self._running), key=lambda r: r.component.name):
+            group = list(copies)
             live = [r for r in group if r.process is not None and r.process.poll() is None]
-            for running in group:
-                if running not in live:
-                    running.status.state = (
-                        "stopped" if running.status.state != "not built" else "not built"
-                    )
             self._stop_together(live)
-            for running in live:
-                running.status.state = "stopped"
-                running.status.pid = None
+            for running in group:
+                if running in live or running.status.state != "not built":
+                    running.status.state = "stopped"
+                if running in live:
+                    running.status.pid = None
         self.write_status()
 
     def _stop_together(self, group: list[_Running]) -> None:
@@ -260,14 +253,7 @@ class Supervisor:
                 running.process.wait(timeout=10)
 
     def _stop(self, running: _Running) -> None:
-        process = running.process
-        assert process is not None
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=running.component.stop_timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        self._stop_together([running])
 
 
 def _label(component: Component) -> str:

@@ -14,7 +14,6 @@ from typing import Literal, Protocol
 from kopflet.agent.proxy import chain_names as names
 from kopflet.agent.proxy import nft_netlink
 from kopflet.agent.proxy.commands import RULESET_TIMEOUT, CommandError, CommandRunner
-from kopflet.agent.proxy.nft_netlink import chain_rule_count
 
 IptablesVariant = Literal["nft", "legacy"]
 IPTABLES_VARIANTS: tuple[IptablesVariant, ...] = ("nft", "legacy")
@@ -139,7 +138,7 @@ class NftablesBackend:
 
     def rule_count(self, table: str, chain: str) -> int | None:
         if self._runner.netns is None:
-            return chain_rule_count(table, chain)
+            return nft_netlink.chain_rule_count(table, chain)
         # By path: the module needs only the standard library, not kopflet on the path.
         try:
             done = self._runner.run([sys.executable, nft_netlink.__file__, table, chain])

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Set
+from collections.abc import Mapping, Set
+from typing import TypeVar
 
 from kopflet.agent.proxy import chain_names as names
 from kopflet.agent.proxy.iptables_proxier import hooks_out_of_place
@@ -37,6 +38,8 @@ from kopflet.agent.proxy.nftables_render import (
     render_nftables_ruleset,
 )
 from kopflet.agent.proxy.proxier import ProxyState, SyncOutcome
+
+_K = TypeVar("_K")
 
 
 class NftablesProxier:
@@ -149,16 +152,8 @@ class NftablesProxier:
         )
         self.backend.restore(rendered.text)
         # Applied: the record follows.
-        for element, count in rendered.element_refs.items():
-            if count:
-                self._element_refs[element] = count
-            else:
-                self._element_refs.pop(element, None)
-        for chain, count in rendered.chain_refs.items():
-            if count:
-                self._chain_refs[chain] = count
-            else:
-                self._chain_refs.pop(chain, None)
+        _apply_counts(self._element_refs, rendered.element_refs)
+        _apply_counts(self._chain_refs, rendered.chain_refs)
         self._map_sizes.update(m for m, _, _ in rendered.elements_added)
         self._map_sizes.subtract(m for m, _, _ in rendered.elements_deleted)
         for name, owned in rendered.service_ports.items():
@@ -178,6 +173,15 @@ class NftablesProxier:
 
     async def close(self) -> None:
         return None
+
+
+def _apply_counts(record: dict[_K, int], changes: Mapping[_K, int]) -> None:
+    """Take a partial sync's new counts into the record; a count of 0 leaves it."""
+    for item, count in changes.items():
+        if count:
+            record[item] = count
+        else:
+            record.pop(item, None)
 
 
 def _cidrs(instance_cidrs: tuple[str, ...]) -> tuple[str, ...]:

@@ -47,13 +47,15 @@ named nor touched.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kopflet.agent.proxy import chain_names as names
 from kopflet.agent.proxy.model import ChainName, ServicePortInfo, ServicePortName
 
 TABLE = f"{names.NFT_FAMILY} {names.NFT_TABLE}"
+_K = TypeVar("_K")
 
 #: Base chains: name -> hook declaration. Filter chains run just before the usual
 #: filter priority, nat chains at the usual nat priorities.
@@ -184,7 +186,6 @@ class RenderedNftRuleset:
     text: str
     chains: frozenset[ChainName]
     sets: frozenset[ChainName]
-    fixed_rule_count: int
     rules_by_service: Mapping[ServicePortName, int] = field(default_factory=dict)
     service_ports: Mapping[ServicePortName, NftServicePort] = field(default_factory=dict)
     #: How many service-ports want each map entry and each shared chain; entries per map.
@@ -271,7 +272,7 @@ def render_nftables_ruleset(
     every map refilled; stale chains and sets are deleted. ``local_node``: this node,
     whose endpoints alone get hairpin entries (``None``: every endpoint)."""
     buf = _Buffer()
-    fixed = _render_fixed(buf, instance_cidrs=instance_cidrs)
+    _render_fixed(buf, instance_cidrs=instance_cidrs)
     by_map: dict[str, list[str]] = {m: [] for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
     refs: dict[NftElement, int] = {}
@@ -285,15 +286,11 @@ def render_nftables_ruleset(
             count = refs.get(element, 0)
             refs[element] = count + 1
             if not count:  # an entry two service-ports want is written once
-                map_name, key, value = element
-                by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
-    shared = set(chain_refs)
-    for chain in sorted(shared, key=_shared_order):
+                by_map[element[0]].append(_entry(*element))
+    for chain in sorted(chain_refs, key=_shared_order):
         buf.shared_chain(chain)
     for map_name, elements in by_map.items():
         buf.elements(map_name, elements)
-    fixed += sum(len(_shared_chain_rules(c)) for c in shared)
-    fixed += sum(1 for elements in by_map.values() if elements)
 
     for chain in sorted(set(stale_chains) - buf.chains):
         # Flushed first: a chain with rules can't be deleted.
@@ -305,7 +302,6 @@ def render_nftables_ruleset(
         text=buf.text(),
         chains=frozenset(buf.chains),
         sets=frozenset(buf.sets),
-        fixed_rule_count=fixed,
         rules_by_service={n: o.rules for n, o in owned.items() if o.rules},
         service_ports=owned,
         element_refs=refs,
@@ -352,15 +348,8 @@ def render_nftables_partial(
         info = service_ports.get(name)
         new = _NOTHING if info is None else _render_service_port(buf, name, info, local_node)
         owned[name] = None if info is None else new
-        old_elements, new_elements = set(old.elements), set(new.elements)
-        for element in old_elements - new_elements:
-            refs[element] = refs.get(element, element_refs.get(element, 0)) - 1
-        for element in new_elements - old_elements:
-            refs[element] = refs.get(element, element_refs.get(element, 0)) + 1
-        for chain in old.shared_chains - new.shared_chains:
-            shared_refs[chain] = shared_refs.get(chain, chain_refs.get(chain, 0)) - 1
-        for chain in new.shared_chains - old.shared_chains:
-            shared_refs[chain] = shared_refs.get(chain, chain_refs.get(chain, 0)) + 1
+        _recount(refs, element_refs, set(old.elements), set(new.elements))
+        _recount(shared_refs, chain_refs, old.shared_chains, new.shared_chains)
         old_chains |= old.chains
         old_sets |= old.sets
 
@@ -401,14 +390,22 @@ def render_nftables_partial(
 _NOTHING = NftServicePort()
 
 
+def _recount(counts: dict[_K, int], before: Mapping[_K, int], old: Set[_K], new: Set[_K]) -> None:
+    """One service-port went from wanting ``old`` to wanting ``new``: move the counts
+    (``counts`` holds the ones changed so far, ``before`` the rest)."""
+    for item in old - new:
+        counts[item] = counts.get(item, before.get(item, 0)) - 1
+    for item in new - old:
+        counts[item] = counts.get(item, before.get(item, 0)) + 1
+
+
 def _shared_order(chain: ChainName) -> tuple[str, int]:
     prefix, _, n = chain.rpartition("-")
     return (prefix, int(n))
 
 
-def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> int:
-    """The table's own chains, maps and sets, all flushed and refilled; returns how many
-    rules (element lines included) it wrote."""
+def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> None:
+    """The table's own chains, maps and sets, all flushed and refilled."""
     for chain, declaration in BASE_CHAINS.items():
         buf.chain(chain, declaration)
     for chain in REGULAR_CHAINS:
@@ -426,7 +423,6 @@ def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> int:
     for chain, rule in _FIXED_RULES:
         buf.rule(chain, rule)
     buf.elements("instance-subnets", sorted(set(instance_cidrs)))
-    return len(_FIXED_RULES) + int(bool(buf.elements_added))
 
 
 def programmed_count(
