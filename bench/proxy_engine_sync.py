@@ -1,7 +1,8 @@
 """Bench #3: the agent's proxy sync, object in to rules programmed, against the bare tool.
 
-For N service-ports x 10 endpoints (default N = 1,000 and 10,000), in iptables and nftables
-mode, in a network namespace of its own (no traffic, nothing else touched):
+For N service-ports x 10 endpoints (default N = 1,000 and 10,000; their instances spread over
+1,000 nodes, the agent's own node one of them), in iptables and nftables mode, in a network
+namespace of its own (no traffic, nothing else touched):
 
 * full sync: ``ProxyEngine`` (the object the agent drives) told to resync fully, timed from the
   request to the end of ``sync_now()`` -- reading what is programmed, rendering every chain,
@@ -42,8 +43,11 @@ ENDPOINTS_PER_SERVICE = 10
 #: a real ruleset); the port range holds 2,768.
 NODE_PORT_SERVICES = 2000
 NAMESPACE = "bench"
-#: The node the agent runs as: one of the three the endpoints are spread over, so 4 of every
-#: service-port's 10 endpoints are its own (and get nftables hairpin entries).
+#: The instances behind the endpoints, round-robin over this many nodes: at 10,000 x 10 each
+#: node runs 100 (an agent takes at most 110, ``--max-instances``), at 1,000 x 10 it runs 10.
+NODES = 1000
+#: The node the agent runs as, one of ``NODES``: its own endpoints get nftables hairpin
+#: entries. (Spread over three nodes, as this bench once did, put 40,000 instances on it.)
 NODE = "node-1"
 
 FULL_TARGET_SECONDS = 2.0
@@ -77,7 +81,7 @@ def service_object(i: int, *, drop_endpoint: bool = False) -> dict[str, Any]:
             "ip": f"10.{64 + j}.{i // 250}.{i % 250 + 1}",
             "ready": True,
             "instance": f"svc-{i}-{j}",
-            "nodeName": f"node-{j % 3 + 1}",
+            "nodeName": f"node-{(i * ENDPOINTS_PER_SERVICE + j) % NODES + 1}",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         }
         for j in range(ENDPOINTS_PER_SERVICE)
