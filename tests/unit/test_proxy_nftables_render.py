@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from kopflet.agent.proxy import nftables_render
 from kopflet.agent.proxy.chain_names import (
     nft_affinity_set,
     nft_endpoint_chain,
@@ -23,6 +25,7 @@ from kopflet.agent.proxy.model import (
 )
 from kopflet.agent.proxy.nftables_render import (
     NftElement,
+    NftServicePort,
     RenderedNftRuleset,
     render_nftables_partial,
     render_nftables_ruleset,
@@ -458,3 +461,40 @@ def test_only_this_nodes_endpoints_get_hairpin_entries() -> None:
     )
     everywhere = render_nftables_ruleset({WEB: web}).text
     assert "10.244.2.2 . 10.244.2.2" in everywhere and "10.244.2.2 . 10.244.2.2" not in text
+
+
+def test_a_full_render_with_a_memo_works_out_again_only_what_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered: list[ServicePortName] = []
+    real = nftables_render._render_service_port
+
+    def counting(
+        buf: Any, name: ServicePortName, info: ServicePortInfo, local_node: str | None
+    ) -> NftServicePort:
+        rendered.append(name)
+        return real(buf, name, info, local_node)
+
+    monkeypatch.setattr(nftables_render, "_render_service_port", counting)
+    sticky = ServicePortName("ns", "sticky")
+    web = ServicePortInfo(cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1, E2))
+    dns = ServicePortInfo(cluster_ip="10.96.0.53", port=53, protocol="UDP")
+    with_affinity = replace(web, cluster_ip="10.96.0.11", affinity_timeout=30)
+    ports = {WEB: web, DNS: dns, sticky: with_affinity}
+    memo: nftables_render.RenderMemo = {}
+
+    first = render_nftables_ruleset(ports, local_node="n1", memo=memo)
+    assert sorted(rendered) == sorted(ports) and set(memo) == {WEB, DNS}
+    rendered.clear()
+    # Nothing changed: only the service-port with chains of its own is rendered again,
+    # and the text is the same to the byte.
+    again = render_nftables_ruleset(ports, local_node="n1", memo=memo)
+    assert rendered == [sticky] and again.text == first.text
+    assert again.element_refs == first.element_refs
+    rendered.clear()
+    # One endpoint less for web, dns gone: web is rendered again, dns forgotten.
+    changed = {WEB: replace(web, endpoints=(E1,)), sticky: with_affinity}
+    after = render_nftables_ruleset(changed, local_node="n1", memo=memo)
+    assert sorted(rendered) == sorted([WEB, sticky]) and set(memo) == {WEB}
+    assert after.text == render_nftables_ruleset(changed, local_node="n1").text
+    assert "10.244.2.2 . 8080" not in after.text

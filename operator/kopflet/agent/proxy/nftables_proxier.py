@@ -33,6 +33,7 @@ from kopflet.agent.proxy.nftables_render import (
     MAPS,
     NftElement,
     NftServicePort,
+    RenderMemo,
     programmed_count,
     render_nftables_partial,
     render_nftables_ruleset,
@@ -61,6 +62,8 @@ class NftablesProxier:
         self._map_sizes: Counter[str] = Counter()
         self._instance_cidrs: tuple[str, ...] = ()
         self._service_rules = 0
+        # A cache of pure renders, right whatever the kernel holds: kept across failures.
+        self._memo: RenderMemo = {}
 
     @property
     def mode(self) -> ProxyMode:
@@ -124,6 +127,7 @@ class NftablesProxier:
             stale_chains={ChainName(c) for c in existing["chain"]},
             stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
             local_node=self.node_name,
+            memo=self._memo,
         )
         self.backend.restore(rendered.text)
         self._element_refs = dict(rendered.element_refs)

@@ -47,8 +47,10 @@ named nor touched.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from itertools import chain as chain_of
 from typing import TypeVar
 
 from kopflet.agent.proxy import chain_names as names
@@ -260,6 +262,12 @@ def _entry(map_name: str, key: str, value: str) -> str:
     return key if map_name in ENTRY_SETS else f"{key} : {value}"
 
 
+#: What each service-port without chains of its own rendered to, with the info it was
+#: rendered from: the same info renders the same entries, so a full sync works out again
+#: only the service-ports that changed since the one before.
+RenderMemo = dict[ServicePortName, tuple[ServicePortInfo, NftServicePort]]
+
+
 def render_nftables_ruleset(
     service_ports: Mapping[ServicePortName, ServicePortInfo],
     *,
@@ -267,26 +275,40 @@ def render_nftables_ruleset(
     stale_chains: Iterable[ChainName] = (),
     stale_sets: Iterable[ChainName] = (),
     local_node: str | None = None,
+    memo: RenderMemo | None = None,
 ) -> RenderedNftRuleset:
     """Render the whole table for ``service_ports`` (a full sync): every chain rewritten,
     every map refilled; stale chains and sets are deleted. ``local_node``: this node,
-    whose endpoints alone get hairpin entries (``None``: every endpoint)."""
+    whose endpoints alone get hairpin entries (``None``: every endpoint). ``memo`` (the
+    same ``local_node`` every time) is read and brought up to date."""
     buf = _Buffer()
     _render_fixed(buf, instance_cidrs=instance_cidrs)
     by_map: dict[str, list[str]] = {m: [] for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
-    refs: dict[NftElement, int] = {}
     chain_refs: dict[ChainName, int] = {}
+    if memo is not None:
+        for gone in memo.keys() - service_ports.keys():
+            del memo[gone]
     for name in sorted(service_ports):
-        objects = _render_service_port(buf, name, service_ports[name], local_node)
+        info = service_ports[name]
+        cached = memo.get(name) if memo is not None else None
+        if cached is not None and cached[0] == info:
+            objects = cached[1]
+        else:
+            objects = _render_service_port(buf, name, info, local_node)
+            if memo is not None:
+                if objects.chains:  # its chains are written into this text: render again
+                    memo.pop(name, None)
+                else:
+                    memo[name] = (info, objects)
         owned[name] = objects
         for chain in objects.shared_chains:
             chain_refs[chain] = chain_refs.get(chain, 0) + 1
-        for element in objects.elements:
-            count = refs.get(element, 0)
-            refs[element] = count + 1
-            if not count:  # an entry two service-ports want is written once
-                by_map[element[0]].append(_entry(*element))
+    # Counted in one go (in C); an entry two service-ports want is written once, where
+    # the first of them wants it.
+    refs = Counter(chain_of.from_iterable(o.elements for o in owned.values()))
+    for map_name, key, value in refs:
+        by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
     for chain in sorted(chain_refs, key=_shared_order):
         buf.shared_chain(chain)
     for map_name, elements in by_map.items():
@@ -466,20 +488,13 @@ def _elements(
             elements.append(("service-nodeports", node_port, f"goto {ext}"))
         return elements
     elements.append(("service-ips", vip, f"goto {pick_chain(proto, n)}"))
-    elements += [
-        (
-            f"service-endpoints-{proto}",
-            f"{info.cluster_ip} . {info.port} . {i}",
-            f"{e.ip} . {e.port}",
-        )
-        for i, e in enumerate(info.endpoints)
-    ]
+    targets = [f"{e.ip} . {e.port}" for e in info.endpoints]
+    endpoints_map, key = f"service-endpoints-{proto}", f"{info.cluster_ip} . {info.port} . "
+    elements += [(endpoints_map, f"{key}{i}", target) for i, target in enumerate(targets)]
     if info.node_port is not None:
         elements.append(("service-nodeports", node_port, f"goto {nodeport_pick_chain(proto, n)}"))
-        elements += [
-            (f"nodeport-endpoints-{proto}", f"{info.node_port} . {i}", f"{e.ip} . {e.port}")
-            for i, e in enumerate(info.endpoints)
-        ]
+        endpoints_map, key = f"nodeport-endpoints-{proto}", f"{info.node_port} . "
+        elements += [(endpoints_map, f"{key}{i}", target) for i, target in enumerate(targets)]
     return elements
 
 
