@@ -168,6 +168,41 @@ def test_nftables_partial_syncs_leave_the_kernel_as_a_full_sync_of_the_final_sta
     assert _nft_table(net, "n1") == _nft_table(net, "n2")
 
 
+def test_nftables_first_sync_in_pieces_leaves_the_kernel_as_one_transaction_does(
+    net: Topology,
+) -> None:
+    ports = {
+        ServicePortName("bulk", f"s{i}"): ServicePortInfo(
+            cluster_ip=f"10.96.1.{i + 1}",
+            port=80,
+            protocol="UDP" if i % 5 == 0 else "TCP",
+            endpoints=tuple(EndpointInfo(f"10.{64 + j}.1.{i + 1}", 8080) for j in range(3)),
+            node_port=30000 + i if i % 2 else None,
+        )
+        for i in range(200)
+    }
+    state = ProxyState(service_ports=ports, instance_cidrs=("10.244.1.0/24",))
+    in_pieces: list[str] = []
+
+    class Counting(CommandRunner):
+        def run(self, args, *, stdin=None, check=True, timeout=None):  # type: ignore[no-untyped-def]
+            if stdin is not None:
+                in_pieces.append(stdin)
+            return super().run(args, stdin=stdin, check=check, timeout=timeout)
+
+    runner = Counting(netns=net.ns("n1"))
+    proxier = NftablesProxier(NftablesBackend(runner), fill_transactions=3, fill_min_entries=200)
+    proxier.sync_blocking(state, changed=set(), full=True)
+    assert len(in_pieces) == 4  # 600 + 300 endpoint entries, 600 hairpin ones: 3 fills
+    whole = NftablesProxier(NftablesBackend(CommandRunner(netns=net.ns("n2"))), fill_transactions=1)
+    whole.sync_blocking(state, changed=set(), full=True)
+    assert _nft_table(net, "n1") == _nft_table(net, "n2")
+    # The table is there now: the next full sync is one transaction again.
+    proxier.sync_blocking(state, changed=set(), full=True)
+    assert len(in_pieces) == 5
+    assert _nft_table(net, "n1") == _nft_table(net, "n2")
+
+
 def _netfilter_without_counters(net: Topology, node: str) -> dict[str, str]:
     rules = saved_rules(net, node)
     return {k: rules[k] for k in ("iptables-nft", "nft")}

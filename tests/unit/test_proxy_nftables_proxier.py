@@ -4,6 +4,7 @@ table, partial ones trust the last sync, failures force a full one."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -45,6 +46,10 @@ class RecordingNft:
 
     def rule_count(self, table: str, chain: str) -> int | None:
         return None
+
+    def restore_each(self, rulesets: Sequence[str]) -> None:
+        for ruleset in rulesets:
+            self.restore(ruleset)
 
 
 def state(*endpoints: EndpointInfo) -> ProxyState:
@@ -125,8 +130,8 @@ def test_partial_syncs_leave_what_a_full_sync_of_the_final_state_leaves(seed: in
     assert backend.save_calls == 1
 
 
-def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
-    ports = {
+def bulk(count: int, *, node_ports: bool = False) -> dict[ServicePortName, ServicePortInfo]:
+    return {
         ServicePortName("bulk", f"s{i}"): ServicePortInfo(
             cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}",
             port=80,
@@ -134,9 +139,14 @@ def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
             endpoints=tuple(
                 EndpointInfo(f"10.{64 + j}.{i // 250}.{i % 250 + 1}", 8080) for j in range(3)
             ),
+            node_port=30000 + i if node_ports and i % 2 else None,
         )
-        for i in range(500)
+        for i in range(count)
     }
+
+
+def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
+    ports = bulk(500)
     backend = FakeNftBackend()
     proxier = NftablesProxier(backend)
     proxier.sync_blocking(ProxyState(service_ports=ports), changed=set(), full=True)
@@ -179,3 +189,43 @@ def test_the_count_of_what_is_programmed_follows_the_map_entries() -> None:
     assert two.rules_programmed - one.rules_programmed == 2
     fresh = NftablesProxier(RecordingNft()).sync_blocking(state(E1), changed=set(), full=True)
     assert fresh.rules_programmed == one.rules_programmed
+
+
+def test_a_table_made_anew_is_filled_in_pieces_and_ends_as_one_transaction_leaves_it() -> None:
+    ports = ProxyState(service_ports=bulk(500, node_ports=True), instance_cidrs=("10.244.1.0/24",))
+    backend = FakeNftBackend()
+    proxier = NftablesProxier(backend, fill_transactions=3, fill_min_entries=500)
+    proxier.sync_blocking(ports, changed=set(), full=True)
+    # 1,500 + 750 endpoint entries and 1,500 hairpin ones: three fills, then the rest.
+    *fills, main = backend.restored
+    assert len(fills) == 3
+    assert all(" rule " not in f and "add element ip kopflet hairpin-endpoints" in f for f in fills)
+    for map_name in ("service-endpoints-tcp", "nodeport-endpoints-tcp", "hairpin-endpoints"):
+        assert f"add element ip kopflet {map_name} " not in main
+        assert f"flush map ip kopflet {map_name}" not in main
+        assert f"flush set ip kopflet {map_name}" not in main
+    assert "add element ip kopflet service-ips " in main
+    one = FakeNftBackend()
+    NftablesProxier(one, fill_transactions=1).sync_blocking(ports, changed=set(), full=True)
+    assert len(one.restored) == 1
+    assert backend.table == one.table
+    # The table exists now: a full sync rewrites it in one transaction, never half.
+    proxier.sync_blocking(ports, changed=set(), full=True)
+    assert len(backend.restored) == 5
+    assert "flush map ip kopflet service-endpoints-tcp" in backend.restored[-1]
+    assert backend.table == one.table
+
+
+def test_small_tables_and_failed_fills_take_one_transaction_and_the_next_sync_repairs() -> None:
+    ports = ProxyState(service_ports=bulk(50, node_ports=True))
+    backend = FakeNftBackend()
+    # 150 + 75 + 150 entries: fewer than two fills' worth.
+    NftablesProxier(backend, fill_transactions=4).sync_blocking(ports, changed=set(), full=True)
+    assert len(backend.restored) == 1
+    failing = FakeNftBackend()
+    proxier = NftablesProxier(failing, fill_transactions=2, fill_min_entries=100)
+    failing.fail_restores = 1
+    with pytest.raises(NetfilterError):
+        proxier.sync_blocking(ports, changed=set(), full=True)
+    assert proxier.sync_blocking(ports, changed=set(), full=False).full
+    assert failing.table == backend.table

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kopflet.agent.proxy.netfilter_backend import NetfilterError
@@ -281,6 +282,11 @@ class FakeNftBackend(_RecordingRestores):
     def rule_count(self, table: str, chain: str) -> int | None:
         rules = self.table.chains.get(chain)
         return None if rules is None else len(rules)
+
+    def restore_each(self, rulesets: Sequence[str]) -> None:
+        """One after another, in the order given: an order the real ones may also take."""
+        for ruleset in rulesets:
+            self.restore(ruleset)
 
     def flush_table(self) -> None:
         """What ``nft flush table ip kopflet`` does: every chain emptied, sets and maps

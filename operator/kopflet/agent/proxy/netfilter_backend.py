@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Protocol
 
 from kopflet.agent.proxy import chain_names as names
@@ -45,6 +47,11 @@ class NetfilterBackend(Protocol):
 class NftBackend(NetfilterBackend, Protocol):
     def rule_count(self, table: str, chain: str) -> int | None:
         """How many rules one chain holds (0 or ``None`` if it doesn't exist), cheaply."""
+        ...
+
+    def restore_each(self, rulesets: Sequence[str]) -> None:
+        """Apply each ruleset in a transaction of its own, all at the same time; raises
+        if any failed (the others may have been applied)."""
         ...
 
 
@@ -115,6 +122,14 @@ class NftablesBackend:
             self._runner.run(["nft", "-f", "-"], stdin=ruleset, timeout=RULESET_TIMEOUT)
         except CommandError as exc:
             raise NetfilterError(str(exc)) from exc
+
+    def restore_each(self, rulesets: Sequence[str]) -> None:
+        # One nft process each: parsing is nft's cost, and it takes one core a process.
+        # The kernel takes their commits one at a time.
+        with ThreadPoolExecutor(max_workers=max(1, len(rulesets))) as pool:
+            done = [pool.submit(self.restore, r) for r in rulesets]
+        for future in done:
+            future.result()
 
     def save(self, table: str = names.NFT_TABLE) -> str:
         """The table's chains, sets and maps, without rules or entries; empty if the table

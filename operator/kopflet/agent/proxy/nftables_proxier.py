@@ -18,6 +18,7 @@ in our table can't overrule a drop in another (every table has its say).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Mapping, Set
 from typing import TypeVar
@@ -29,6 +30,7 @@ from kopflet.agent.proxy.model import ChainName, ProxyMode, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterBackend, NftBackend, nft_objects
 from kopflet.agent.proxy.nftables_render import (
     CANARY_CHAIN,
+    FILL_MIN_ENTRIES,
     FIXED_SETS,
     MAPS,
     NftElement,
@@ -50,8 +52,16 @@ class NftablesProxier:
         *,
         forward_backend: NetfilterBackend | None = None,
         node_name: str | None = None,
+        fill_transactions: int | None = None,
+        fill_min_entries: int = FILL_MIN_ENTRIES,
     ) -> None:
         self.backend = backend
+        #: A table made anew gets its endpoint maps filled by this many nft processes
+        #: at once (default: one a core), each given at least ``fill_min_entries``.
+        self.fill_transactions = (
+            fill_transactions if fill_transactions is not None else os.cpu_count() or 1
+        )
+        self.fill_min_entries = fill_min_entries
         self.forward_backend = forward_backend
         #: This node: only its own endpoints can reach themselves through it (hairpin).
         self.node_name = node_name
@@ -121,6 +131,9 @@ class NftablesProxier:
     def _sync_full(self, state: ProxyState) -> None:
         self._service_ports = None
         existing = nft_objects(self.backend.save(names.NFT_TABLE))
+        # No table yet (a node's first sync, after a reboot or someone deleted it): nothing
+        # looks the maps up, so they can be filled in pieces, at the same time.
+        anew = not any(existing.values())
         rendered = render_nftables_ruleset(
             state.service_ports,
             instance_cidrs=state.instance_cidrs,
@@ -128,7 +141,11 @@ class NftablesProxier:
             stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
             local_node=self.node_name,
             memo=self._memo,
+            fill_transactions=self.fill_transactions if anew else 0,
+            fill_min_entries=self.fill_min_entries,
         )
+        if rendered.fill_texts:
+            self.backend.restore_each(rendered.fill_texts)
         self.backend.restore(rendered.text)
         self._element_refs = dict(rendered.element_refs)
         self._chain_refs = dict(rendered.chain_refs)

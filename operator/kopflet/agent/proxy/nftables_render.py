@@ -57,6 +57,7 @@ from kopflet.agent.proxy import chain_names as names
 from kopflet.agent.proxy.model import ChainName, ServicePortInfo, ServicePortName
 
 TABLE = f"{names.NFT_FAMILY} {names.NFT_TABLE}"
+TABLE_DECLARATION = f'add table {TABLE} {{ comment "kopflet proxy rules" ; }}'
 _K = TypeVar("_K")
 
 #: Base chains: name -> hook declaration. Filter chains run just before the usual
@@ -91,6 +92,12 @@ MAPS: Mapping[str, str] = {
 }
 #: Of :data:`MAPS`, the ones that are sets (no value per entry).
 ENTRY_SETS = frozenset({"hairpin-endpoints"})
+#: Of :data:`MAPS`, the ones whose entries name no chain, nearly all of a big table's
+#: entries: a table made anew can have them filled before any rule looks them up, in
+#: transactions of their own that run at the same time (see ``fill_transactions``).
+FILL_MAPS = tuple(m for m in MAPS if "-endpoints" in m)
+#: Fewer entries than this per fill transaction are not worth a process of their own.
+FILL_MIN_ENTRIES = 10_000
 FIXED_SETS: Mapping[str, str] = {"instance-subnets": "type ipv4_addr ; flags interval ;"}
 CANARY_CHAIN = ChainName("canary")
 CANARY_RULE = 'return comment "kopflet canary"'
@@ -194,6 +201,9 @@ class RenderedNftRuleset:
     element_refs: Mapping[NftElement, int] = field(default_factory=dict)
     chain_refs: Mapping[ChainName, int] = field(default_factory=dict)
     map_sizes: Mapping[str, int] = field(default_factory=dict)
+    #: Applied before ``text``, each in a transaction of its own, at the same time: they
+    #: make :data:`FILL_MAPS` and fill them, and ``text`` neither flushes nor fills them.
+    fill_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,9 +253,8 @@ class _Buffer:
             )
 
     def text(self) -> str:
-        head = [f'add table {TABLE} {{ comment "kopflet proxy rules" ; }}']
         lines = [
-            *head,
+            TABLE_DECLARATION,
             *self.declarations,
             *self.flushes,
             # Before the adds: an entry may come back under the same key with a new value.
@@ -276,11 +285,19 @@ def render_nftables_ruleset(
     stale_sets: Iterable[ChainName] = (),
     local_node: str | None = None,
     memo: RenderMemo | None = None,
+    fill_transactions: int = 0,
+    fill_min_entries: int = FILL_MIN_ENTRIES,
 ) -> RenderedNftRuleset:
     """Render the whole table for ``service_ports`` (a full sync): every chain rewritten,
     every map refilled; stale chains and sets are deleted. ``local_node``: this node,
     whose endpoints alone get hairpin entries (``None``: every endpoint). ``memo`` (the
-    same ``local_node`` every time) is read and brought up to date."""
+    same ``local_node`` every time) is read and brought up to date.
+
+    ``fill_transactions`` (only for a table that doesn't exist yet): up to this many
+    ``fill_texts`` of at least ``fill_min_entries`` entries each, if that makes two or
+    more. nft spends its time parsing entries, one core a process; nothing looks up
+    the maps they fill until ``text`` adds the rules, so they need not be atomic with
+    it. A table that exists is rewritten in one transaction, never half."""
     buf = _Buffer()
     _render_fixed(buf, instance_cidrs=instance_cidrs)
     by_map: dict[str, list[str]] = {m: [] for m in MAPS}
@@ -309,8 +326,14 @@ def render_nftables_ruleset(
     refs = Counter(chain_of.from_iterable(o.elements for o in owned.values()))
     for map_name, key, value in refs:
         by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
+    map_sizes = {m: len(e) for m, e in by_map.items() if e}
     for chain in sorted(chain_refs, key=_shared_order):
         buf.shared_chain(chain)
+    chunks = min(fill_transactions, sum(len(by_map[m]) for m in FILL_MAPS) // fill_min_entries)
+    fill_texts = _fill_texts({m: by_map.pop(m) for m in FILL_MAPS}, chunks) if chunks > 1 else ()
+    if fill_texts:
+        unflushed = {f"flush {_kind(m)} {TABLE} {m}" for m in FILL_MAPS}
+        buf.flushes = [f for f in buf.flushes if f not in unflushed]
     for map_name, elements in by_map.items():
         buf.elements(map_name, elements)
 
@@ -328,8 +351,32 @@ def render_nftables_ruleset(
         service_ports=owned,
         element_refs=refs,
         chain_refs=chain_refs,
-        map_sizes={m: len(e) for m, e in by_map.items() if e},
+        map_sizes=map_sizes,
+        fill_texts=fill_texts,
     )
+
+
+def _kind(map_name: str) -> str:
+    return "set" if map_name in ENTRY_SETS else "map"
+
+
+def _declaration(map_name: str) -> str:
+    return f"add {_kind(map_name)} {TABLE} {map_name} {{ {MAPS[map_name]} }}"
+
+
+def _fill_texts(entries: Mapping[str, list[str]], chunks: int) -> tuple[str, ...]:
+    """``chunks`` texts that each make the maps and add an even share of every map's
+    entries."""
+    texts = []
+    for c in range(chunks):
+        lines = [TABLE_DECLARATION, *(_declaration(m) for m in entries)]
+        for map_name, elements in entries.items():
+            n = len(elements)
+            part = elements[n * c // chunks : n * (c + 1) // chunks]
+            if part:
+                lines.append(f"add element {TABLE} {map_name} {{ {', '.join(part)} }}")
+        texts.append("\n".join(lines) + "\n")
+    return tuple(texts)
 
 
 def render_nftables_partial(
@@ -432,9 +479,9 @@ def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> None:
         buf.chain(chain, declaration)
     for chain in REGULAR_CHAINS:
         buf.chain(chain)
-    for map_name, declaration in MAPS.items():
-        kind = "set" if map_name in ENTRY_SETS else "map"
-        buf.declarations.append(f"add {kind} {TABLE} {map_name} {{ {declaration} }}")
+    for map_name in MAPS:
+        kind = _kind(map_name)
+        buf.declarations.append(_declaration(map_name))
         if kind == "set":
             buf.sets.add(ChainName(map_name))
         buf.flushes.append(f"flush {kind} {TABLE} {map_name}")
