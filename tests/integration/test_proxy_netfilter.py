@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_nftables_table_holds_map_entries_and_a_partial_sync_deletes_the_gone_en
     listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
     assert "10.96.0.10 . tcp . 80 : goto pick-tcp-3" in listing
     assert "tcp . 30080 : goto nodeport-pick-tcp-3" in listing
-    assert "numgen random mod 3 map @service-endpoints-tcp" in listing
+    assert "numgen random mod 3 map @service-endpoints-tcp-g0" in listing
     assert f"10.96.0.10 . 80 . 2 : {E3.ip} . 8080" in listing
     proxier.sync_blocking(state("e1"), changed={WEB}, full=False)
     listing = net.in_ns("n1", "nft", "list", "table", "ip", "kopflet")
@@ -197,10 +198,20 @@ def test_nftables_first_sync_in_pieces_leaves_the_kernel_as_one_transaction_does
     whole = NftablesProxier(NftablesBackend(CommandRunner(netns=net.ns("n2"))), fill_transactions=1)
     whole.sync_blocking(state, changed=set(), full=True)
     assert _nft_table(net, "n1") == _nft_table(net, "n2")
-    # The table is there now: the next full sync is one transaction again.
+    # A full sync of the table that is there fills generation 1, then switches to it.
     proxier.sync_blocking(state, changed=set(), full=True)
-    assert len(in_pieces) == 5
-    assert _nft_table(net, "n1") == _nft_table(net, "n2")
+    assert len(in_pieces) == 8
+    listing = net.in_ns("n1", "nft", "-t", "list", "table", "ip", "kopflet")
+    assert "service-endpoints-tcp-g1" in listing and "-g0" not in listing
+
+    def any_generation(node: str) -> list[str]:
+        return sorted(re.sub(r"-g\d+\b", "-g*", o) for o in _nft_table(net, node))
+
+    assert any_generation("n1") == any_generation("n2")
+    # Traffic takes the new maps: every endpoint answers through the virtual IP.
+    assert "numgen random mod 3 map @service-endpoints-tcp-g1" in net.in_ns(
+        "n1", "nft", "list", "chain", "ip", "kopflet", "pick-tcp-3"
+    )
 
 
 def _netfilter_without_counters(net: Topology, node: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from proxy_states import check_partial_syncs
 
-from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend
+from kopflet.agent.proxy.fake_backend import FakeIptablesBackend, FakeNftBackend, NftTableState
 from kopflet.agent.proxy.model import EndpointInfo, ServicePortInfo, ServicePortName
 from kopflet.agent.proxy.netfilter_backend import NetfilterError
 from kopflet.agent.proxy.nftables_proxier import NftablesProxier
@@ -76,7 +76,7 @@ def test_a_partial_sync_reads_nothing_and_deletes_the_removed_endpoints_entries(
     outcome = proxier.sync_blocking(state(E1), changed={WEB}, full=False)
     assert not outcome.full and backend.saves == 1
     text = backend.applied[-1]
-    assert "delete element ip kopflet service-endpoints-tcp { 10.96.0.10 . 80 . 1 }" in text
+    assert "delete element ip kopflet service-endpoints-tcp-g0 { 10.96.0.10 . 80 . 1 }" in text
     assert (
         "delete chain ip kopflet pick-tcp-2" in text and "add chain ip kopflet pick-tcp-1" in text
     )
@@ -159,8 +159,8 @@ def test_a_partial_sync_on_a_real_sized_table_names_only_what_changed() -> None:
     named = set(re.findall(r"10\.\d+\.\d+\.\d+", text))
     assert named <= {info.cluster_ip, info.endpoints[2].ip}
     gone = f"{info.cluster_ip} . 80 . 2"
-    assert f"delete element ip kopflet service-endpoints-tcp {{ {gone} }}" in text
-    assert gone not in backend.table.maps["service-endpoints-tcp"]
+    assert f"delete element ip kopflet service-endpoints-tcp-g0 {{ {gone} }}" in text
+    assert gone not in backend.table.maps["service-endpoints-tcp-g0"]
     assert backend.table.maps["service-ips"][f"{info.cluster_ip} . tcp . 80"] == "goto pick-tcp-2"
     assert backend.table.chains["pick-tcp-2"] and backend.table.chains["pick-tcp-3"]
 
@@ -191,7 +191,21 @@ def test_the_count_of_what_is_programmed_follows_the_map_entries() -> None:
     assert fresh.rules_programmed == one.rules_programmed
 
 
-def test_a_table_made_anew_is_filled_in_pieces_and_ends_as_one_transaction_leaves_it() -> None:
+def _any_generation(table: NftTableState) -> NftTableState:
+    """The table with the endpoint maps' generation taken out of every name."""
+
+    def bare(text: str) -> str:
+        return re.sub(r"-g\d+\b", "-g*", text)
+
+    return NftTableState(
+        exists=table.exists,
+        chains={c: [bare(r) for r in rules] for c, rules in table.chains.items()},
+        maps={bare(m): entries for m, entries in table.maps.items()},
+        sets={bare(s): items for s, items in table.sets.items()},
+    )
+
+
+def test_a_big_table_is_filled_in_pieces_then_switched_over_in_one_transaction() -> None:
     ports = ProxyState(service_ports=bulk(500, node_ports=True), instance_cidrs=("10.244.1.0/24",))
     backend = FakeNftBackend()
     proxier = NftablesProxier(backend, fill_transactions=3, fill_min_entries=500)
@@ -199,8 +213,14 @@ def test_a_table_made_anew_is_filled_in_pieces_and_ends_as_one_transaction_leave
     # 1,500 + 750 endpoint entries and 1,500 hairpin ones: three fills, then the rest.
     *fills, main = backend.restored
     assert len(fills) == 3
-    assert all(" rule " not in f and "add element ip kopflet hairpin-endpoints" in f for f in fills)
-    for map_name in ("service-endpoints-tcp", "nodeport-endpoints-tcp", "hairpin-endpoints"):
+    assert all(
+        " rule " not in f and "add element ip kopflet hairpin-endpoints-g0" in f for f in fills
+    )
+    for map_name in (
+        "service-endpoints-tcp-g0",
+        "nodeport-endpoints-tcp-g0",
+        "hairpin-endpoints-g0",
+    ):
         assert f"add element ip kopflet {map_name} " not in main
         assert f"flush map ip kopflet {map_name}" not in main
         assert f"flush set ip kopflet {map_name}" not in main
@@ -209,11 +229,25 @@ def test_a_table_made_anew_is_filled_in_pieces_and_ends_as_one_transaction_leave
     NftablesProxier(one, fill_transactions=1).sync_blocking(ports, changed=set(), full=True)
     assert len(one.restored) == 1
     assert backend.table == one.table
-    # The table exists now: a full sync rewrites it in one transaction, never half.
+    # The next full sync fills generation 1 beside the live 0, then one transaction points
+    # the rules at 1 and deletes 0.
     proxier.sync_blocking(ports, changed=set(), full=True)
-    assert len(backend.restored) == 5
-    assert "flush map ip kopflet service-endpoints-tcp" in backend.restored[-1]
-    assert backend.table == one.table
+    *fills, main = backend.restored[4:]
+    assert len(fills) == 3 and all("-g1 " in f and "-g0" not in f for f in fills)
+    assert "map @service-endpoints-tcp-g1" in main
+    assert "delete map ip kopflet service-endpoints-tcp-g0" in main.splitlines()
+    assert "delete set ip kopflet hairpin-endpoints-g0" in main.splitlines()
+    assert not any(n.endswith("-g0") for n in [*backend.table.maps, *backend.table.sets])
+    assert _any_generation(backend.table) == _any_generation(one.table)
+    # Partial syncs write to the live generation.
+    name = ServicePortName("bulk", "s1")
+    info = ports.service_ports[name]
+    fewer = replace(ports, service_ports={**ports.service_ports, name: replace(info, endpoints=())})
+    proxier.sync_blocking(fewer, changed={name}, full=False)
+    assert "delete element ip kopflet nodeport-endpoints-tcp-g1 {" in backend.restored[-1]
+    fresh = FakeNftBackend()
+    NftablesProxier(fresh, fill_transactions=1).sync_blocking(fewer, changed=set(), full=True)
+    assert _any_generation(backend.table) == _any_generation(fresh.table)
 
 
 def test_small_tables_and_failed_fills_take_one_transaction_and_the_next_sync_repairs() -> None:

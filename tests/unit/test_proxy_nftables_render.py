@@ -59,16 +59,16 @@ FIXED = [
     " verdict ; }",
     f"add map {T} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; }}",
     *(
-        f"add map {T} service-endpoints-{p} {{ typeof ip daddr . {p} dport . numgen random mod 1"
+        f"add map {T} service-endpoints-{p}-g0 {{ typeof ip daddr . {p} dport . numgen random mod 1"
         f" : ip daddr . {p} dport ; }}"
         for p in ("tcp", "udp")
     ),
     *(
-        f"add map {T} nodeport-endpoints-{p} {{ typeof {p} dport . numgen random mod 1"
+        f"add map {T} nodeport-endpoints-{p}-g0 {{ typeof {p} dport . numgen random mod 1"
         f" : ip daddr . {p} dport ; }}"
         for p in ("tcp", "udp")
     ),
-    f"add set {T} hairpin-endpoints {{ type ipv4_addr . ipv4_addr ; }}",
+    f"add set {T} hairpin-endpoints-g0 {{ type ipv4_addr . ipv4_addr ; }}",
     f"add set {T} instance-subnets {{ type ipv4_addr ; flags interval ; }}",
     *(
         f"flush chain {T} {c}"
@@ -93,17 +93,18 @@ FIXED = [
             "service-nodeports",
             "no-endpoint-services",
             "no-endpoint-nodeports",
-            "service-endpoints-tcp",
-            "service-endpoints-udp",
-            "nodeport-endpoints-tcp",
-            "nodeport-endpoints-udp",
+            "service-endpoints-tcp-g0",
+            "service-endpoints-udp-g0",
+            "nodeport-endpoints-tcp-g0",
+            "nodeport-endpoints-udp-g0",
         )
     ),
-    f"flush set {T} hairpin-endpoints",
+    f"flush set {T} hairpin-endpoints-g0",
     f"flush set {T} instance-subnets",
     f"add rule {T} nat-prerouting jump services",
     f"add rule {T} nat-output jump services",
-    f"add rule {T} nat-postrouting ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
+    f"add rule {T} nat-postrouting ip saddr . ip daddr @hairpin-endpoints-g0"
+    " jump mark-for-masquerade",
     f"add rule {T} nat-postrouting jump masquerading",
     f"add rule {T} services ip daddr . meta l4proto . th dport vmap @service-ips",
     f"add rule {T} services fib daddr type local meta l4proto . th dport vmap @service-nodeports",
@@ -175,11 +176,12 @@ def test_node_port_service_with_affinity_and_a_service_without_endpoints() -> No
         f"add element {T} service-nodeports {{ tcp . 30080 : goto {ext} }}",
         f"add element {T} no-endpoint-services {{ 10.96.0.53 . udp . 53 : goto reject-chain }}",
         f"add element {T} no-endpoint-nodeports {{ udp . 30053 : goto reject-chain }}",
-        f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2, 10.244.2.2 . 10.244.2.2 }}",
+        f"add element {T} hairpin-endpoints-g0"
+        " { 10.244.1.2 . 10.244.1.2, 10.244.2.2 . 10.244.2.2 }",
     ]
     assert sorted(rendered.text.splitlines()) == sorted(expected)
     assert undefined_references(rendered.text) == []
-    assert rendered.sets == {"instance-subnets", "hairpin-endpoints", a1, a2}
+    assert rendered.sets == {"instance-subnets", "hairpin-endpoints-g0", a1, a2}
 
 
 def test_declarations_come_before_flushes_before_rules_before_deletions() -> None:
@@ -256,19 +258,19 @@ def test_a_service_port_without_affinity_owns_only_map_entries_and_shares_a_chai
             f"flush chain {T} pick-tcp-2",
             f"flush chain {T} nodeport-pick-tcp-2",
             f"add rule {T} pick-tcp-2 dnat ip to ip daddr . tcp dport . numgen random mod 2"
-            " map @service-endpoints-tcp",
+            " map @service-endpoints-tcp-g0",
             f"add rule {T} nodeport-pick-tcp-2 jump mark-for-masquerade",
             f"add rule {T} nodeport-pick-tcp-2 dnat ip to tcp dport . numgen random mod 2"
-            " map @nodeport-endpoints-tcp",
+            " map @nodeport-endpoints-tcp-g0",
             f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto pick-tcp-2,"
             " 10.96.0.11 . tcp . 443 : goto pick-tcp-2 }",
             f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-2 }}",
-            f"add element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 0 : 10.244.1.2 . 8080,"
+            f"add element {T} service-endpoints-tcp-g0 {{ 10.96.0.10 . 80 . 0 : 10.244.1.2 . 8080,"
             " 10.96.0.10 . 80 . 1 : 10.244.2.2 . 8080, 10.96.0.11 . 443 . 0 : 10.244.1.2 . 8080,"
             " 10.96.0.11 . 443 . 1 : 10.244.2.2 . 8080 }",
-            f"add element {T} nodeport-endpoints-tcp {{ 30080 . 0 : 10.244.1.2 . 8080,"
+            f"add element {T} nodeport-endpoints-tcp-g0 {{ 30080 . 0 : 10.244.1.2 . 8080,"
             " 30080 . 1 : 10.244.2.2 . 8080 }",
-            f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2,"
+            f"add element {T} hairpin-endpoints-g0 {{ 10.244.1.2 . 10.244.1.2,"
             " 10.244.2.2 . 10.244.2.2 }",
         ]
     )
@@ -311,9 +313,9 @@ def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries
         [
             f"delete element {T} service-ips {{ 10.96.0.10 . tcp . 80 }}",
             f"delete element {T} service-nodeports {{ tcp . 30080 }}",
-            f"delete element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 1 }}",
-            f"delete element {T} nodeport-endpoints-tcp {{ 30080 . 1 }}",
-            f"delete element {T} hairpin-endpoints {{ 10.244.2.2 . 10.244.2.2 }}",
+            f"delete element {T} service-endpoints-tcp-g0 {{ 10.96.0.10 . 80 . 1 }}",
+            f"delete element {T} nodeport-endpoints-tcp-g0 {{ 30080 . 1 }}",
+            f"delete element {T} hairpin-endpoints-g0 {{ 10.244.2.2 . 10.244.2.2 }}",
             f"add element {T} service-ips {{ 10.96.0.10 . tcp . 80 : goto pick-tcp-1 }}",
             f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-1 }}",
             *(f"flush chain {T} {c}" for c in ("pick-tcp-2", "nodeport-pick-tcp-2")),
@@ -345,7 +347,7 @@ def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries
         f"add element {T} service-nodeports {{ tcp . 30080 : goto nodeport-pick-tcp-3 }}"
     )
     assert (
-        f"add element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 2 : 10.244.4.2 . 9090 }}"
+        f"add element {T} service-endpoints-tcp-g0 {{ 10.96.0.10 . 80 . 2 : 10.244.4.2 . 9090 }}"
         in lines
     )
     assert "10.96.0.10 . 80 . 0" not in one_more.text  # unchanged entries are left alone
@@ -365,8 +367,8 @@ def test_a_partial_sync_writes_only_the_changed_service_port_and_its_map_entries
     )
     assert f"add element {T} no-endpoint-nodeports {{ tcp . 30080 : goto reject-chain }}" in lines
     assert (
-        f"delete element {T} service-endpoints-tcp {{ 10.96.0.10 . 80 . 0, 10.96.0.10 . 80 . 1 }}"
-        in lines
+        f"delete element {T} service-endpoints-tcp-g0"
+        " { 10.96.0.10 . 80 . 0, 10.96.0.10 . 80 . 1 }" in lines
     )
     assert none_left.service_ports[WEB] is not None
     assert not none_left.service_ports[WEB].shared_chains
@@ -417,7 +419,7 @@ def test_an_endpoint_in_two_service_ports_keeps_its_hairpin_entry_until_both_let
         element_refs=refs,
         chain_refs=chain_refs,
     )
-    assert "element ip kopflet hairpin-endpoints" not in one.text
+    assert "element ip kopflet hairpin-endpoints-g0" not in one.text
     both = render_nftables_partial(
         {},
         changed={a, b},
@@ -425,7 +427,7 @@ def test_an_endpoint_in_two_service_ports_keeps_its_hairpin_entry_until_both_let
         element_refs=refs,
         chain_refs=chain_refs,
     )
-    assert f"delete element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2 }}" in both.text
+    assert f"delete element {T} hairpin-endpoints-g0 {{ 10.244.1.2 . 10.244.1.2 }}" in both.text
     assert (
         f"delete chain {T} pick-udp-1" in both.text and f"delete chain {T} pick-tcp-1" in both.text
     )
@@ -456,8 +458,8 @@ def test_only_this_nodes_endpoints_get_hairpin_entries() -> None:
     )
     text = render_nftables_ruleset({WEB: web}, local_node="n1").text
     assert (
-        f"add element {T} hairpin-endpoints {{ 10.244.1.2 . 10.244.1.2, 10.244.3.2 . 10.244.3.2 }}"
-        in text.splitlines()
+        f"add element {T} hairpin-endpoints-g0"
+        " { 10.244.1.2 . 10.244.1.2, 10.244.3.2 . 10.244.3.2 }" in text.splitlines()
     )
     everywhere = render_nftables_ruleset({WEB: web}).text
     assert "10.244.2.2 . 10.244.2.2" in everywhere and "10.244.2.2 . 10.244.2.2" not in text

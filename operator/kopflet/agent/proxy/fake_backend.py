@@ -204,7 +204,9 @@ class FakeNftBackend(_RecordingRestores):
             elif verb == "flush":
                 t.maps[name].clear()
             else:
-                raise ValueError(verb)
+                if name in self._references(t):
+                    raise ValueError(f"map {name} is still referenced")
+                del t.maps[name]
         elif kind == "set":
             if verb == "add":
                 t.sets.setdefault(name, set())

@@ -36,6 +36,7 @@ from kopflet.agent.proxy.nftables_render import (
     NftElement,
     NftServicePort,
     RenderMemo,
+    live_generation,
     programmed_count,
     render_nftables_partial,
     render_nftables_ruleset,
@@ -56,8 +57,9 @@ class NftablesProxier:
         fill_min_entries: int = FILL_MIN_ENTRIES,
     ) -> None:
         self.backend = backend
-        #: A table made anew gets its endpoint maps filled by this many nft processes
-        #: at once (default: one a core), each given at least ``fill_min_entries``.
+        #: A full sync of a big table fills new endpoint maps with this many nft
+        #: processes at once (default: one a core), each given at least
+        #: ``fill_min_entries`` entries.
         self.fill_transactions = (
             fill_transactions if fill_transactions is not None else os.cpu_count() or 1
         )
@@ -74,6 +76,8 @@ class NftablesProxier:
         self._service_rules = 0
         # A cache of pure renders, right whatever the kernel holds: kept across failures.
         self._memo: RenderMemo = {}
+        # Of the endpoint maps the rules look up (set by every successful full sync).
+        self._generation = 0
 
     @property
     def mode(self) -> ProxyMode:
@@ -131,22 +135,23 @@ class NftablesProxier:
     def _sync_full(self, state: ProxyState) -> None:
         self._service_ports = None
         existing = nft_objects(self.backend.save(names.NFT_TABLE))
-        # No table yet (a node's first sync, after a reboot or someone deleted it): nothing
-        # looks the maps up, so they can be filled in pieces, at the same time.
-        anew = not any(existing.values())
         rendered = render_nftables_ruleset(
             state.service_ports,
             instance_cidrs=state.instance_cidrs,
             stale_chains={ChainName(c) for c in existing["chain"]},
             stale_sets={ChainName(s) for s in existing["set"] if s not in FIXED_SETS},
+            stale_maps={ChainName(m) for m in existing["map"]},
             local_node=self.node_name,
             memo=self._memo,
-            fill_transactions=self.fill_transactions if anew else 0,
+            live=live_generation(existing["map"] | existing["set"]),
+            fill_transactions=self.fill_transactions,
             fill_min_entries=self.fill_min_entries,
         )
         if rendered.fill_texts:
+            # Maps of a new generation that no rule looks up yet: the text switches.
             self.backend.restore_each(rendered.fill_texts)
         self.backend.restore(rendered.text)
+        self._generation = rendered.generation
         self._element_refs = dict(rendered.element_refs)
         self._chain_refs = dict(rendered.chain_refs)
         self._map_sizes = Counter(rendered.map_sizes)
@@ -170,6 +175,7 @@ class NftablesProxier:
             chain_refs=self._chain_refs,
             instance_cidrs=None if cidrs == self._instance_cidrs else cidrs,
             local_node=self.node_name,
+            generation=self._generation,
         )
         self.backend.restore(rendered.text)
         # Applied: the record follows.

@@ -47,6 +47,7 @@ named nor touched.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -93,9 +94,13 @@ MAPS: Mapping[str, str] = {
 #: Of :data:`MAPS`, the ones that are sets (no value per entry).
 ENTRY_SETS = frozenset({"hairpin-endpoints"})
 #: Of :data:`MAPS`, the ones whose entries name no chain, nearly all of a big table's
-#: entries: a table made anew can have them filled before any rule looks them up, in
-#: transactions of their own that run at the same time (see ``fill_transactions``).
+#: entries. In the table their names carry a generation (``service-endpoints-tcp-g3``):
+#: a full sync of a big table fills those of a new generation before any rule looks
+#: them up, in transactions of their own that run at the same time, then switches the
+#: rules over to them (see ``fill_transactions``).
 FILL_MAPS = tuple(m for m in MAPS if "-endpoints" in m)
+_GENERATION = re.compile(rf"^({'|'.join(map(re.escape, FILL_MAPS))})-g(\d+)$")
+_REFERENCE = re.compile(r"@([\w-]+)")
 #: Fewer entries than this per fill transaction are not worth a process of their own.
 FILL_MIN_ENTRIES = 10_000
 FIXED_SETS: Mapping[str, str] = {"instance-subnets": "type ipv4_addr ; flags interval ;"}
@@ -145,6 +150,21 @@ def pick_chain(protocol: str, endpoints: int) -> ChainName:
 def nodeport_pick_chain(protocol: str, endpoints: int) -> ChainName:
     """The shared chain DNATing a node port to one of ``endpoints`` endpoints."""
     return ChainName(f"{_NODEPORT_PICK}{protocol.lower()}-{endpoints}")
+
+
+def table_name(map_name: str, generation: int) -> str:
+    """What the map or set ``map_name`` (one of :data:`MAPS`) is called in the table."""
+    return f"{map_name}-g{generation}" if map_name in FILL_MAPS else map_name
+
+
+def live_generation(names_in_table: Iterable[str]) -> int | None:
+    """The newest generation of endpoint maps among the table's maps and sets."""
+    found = [int(m.group(2)) for n in names_in_table if (m := _GENERATION.match(n))]
+    return max(found, default=None)
+
+
+def _at_generation(rule: str, generation: int) -> str:
+    return _REFERENCE.sub(lambda m: "@" + table_name(m.group(1), generation), rule)
 
 
 def _shared_chain_rules(chain: ChainName) -> list[str]:
@@ -202,8 +222,10 @@ class RenderedNftRuleset:
     chain_refs: Mapping[ChainName, int] = field(default_factory=dict)
     map_sizes: Mapping[str, int] = field(default_factory=dict)
     #: Applied before ``text``, each in a transaction of its own, at the same time: they
-    #: make :data:`FILL_MAPS` and fill them, and ``text`` neither flushes nor fills them.
+    #: make :data:`FILL_MAPS` of ``generation`` and fill them; ``text`` doesn't.
     fill_texts: tuple[str, ...] = ()
+    #: The endpoint maps' generation the rules look up once ``text`` is applied.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,7 +244,8 @@ class RenderedNftPartial:
 
 
 class _Buffer:
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
         self.declarations: list[str] = []
         self.flushes: list[str] = []
         self.element_deletions: list[str] = []
@@ -230,7 +253,9 @@ class _Buffer:
         self.elements_added: list[str] = []
         self.deletions: list[str] = []
         self.chains: set[ChainName] = set()
+        #: Sets and maps of ours declared in this text, by their names in the table.
         self.sets: set[ChainName] = set()
+        self.maps: set[ChainName] = set()
 
     def chain(self, name: str, declaration: str | None = None) -> None:
         body = f" {{ {declaration} }}" if declaration else ""
@@ -244,13 +269,23 @@ class _Buffer:
     def shared_chain(self, chain: ChainName) -> None:
         self.chain(chain)
         for rule in _shared_chain_rules(chain):
-            self.rule(chain, rule)
+            self.rule(chain, _at_generation(rule, self.generation))
 
     def elements(self, map_name: str, elements: list[str]) -> None:
         if elements:
+            in_table = table_name(map_name, self.generation)
             self.elements_added.append(
-                f"add element {TABLE} {map_name} {{ {', '.join(elements)} }}"
+                f"add element {TABLE} {in_table} {{ {', '.join(elements)} }}"
             )
+
+    def put_first(self, other: _Buffer) -> None:
+        """Put what ``other`` holds before what this buffer holds."""
+        for kind in ("declarations", "flushes", "element_deletions", "rules", "elements_added"):
+            setattr(self, kind, getattr(other, kind) + getattr(self, kind))
+        self.deletions = other.deletions + self.deletions
+        self.chains |= other.chains
+        self.sets |= other.sets
+        self.maps |= other.maps
 
     def text(self) -> str:
         lines = [
@@ -283,23 +318,27 @@ def render_nftables_ruleset(
     instance_cidrs: Iterable[str] = (),
     stale_chains: Iterable[ChainName] = (),
     stale_sets: Iterable[ChainName] = (),
+    stale_maps: Iterable[ChainName] = (),
     local_node: str | None = None,
     memo: RenderMemo | None = None,
+    live: int | None = None,
     fill_transactions: int = 0,
     fill_min_entries: int = FILL_MIN_ENTRIES,
 ) -> RenderedNftRuleset:
     """Render the whole table for ``service_ports`` (a full sync): every chain rewritten,
-    every map refilled; stale chains and sets are deleted. ``local_node``: this node,
-    whose endpoints alone get hairpin entries (``None``: every endpoint). ``memo`` (the
-    same ``local_node`` every time) is read and brought up to date.
+    every map refilled; stale chains, sets and maps are deleted. ``local_node``: this
+    node, whose endpoints alone get hairpin entries (``None``: every endpoint). ``memo``
+    (the same ``local_node`` every time) is read and brought up to date.
 
-    ``fill_transactions`` (only for a table that doesn't exist yet): up to this many
-    ``fill_texts`` of at least ``fill_min_entries`` entries each, if that makes two or
-    more. nft spends its time parsing entries, one core a process; nothing looks up
-    the maps they fill until ``text`` adds the rules, so they need not be atomic with
-    it. A table that exists is rewritten in one transaction, never half."""
-    buf = _Buffer()
-    _render_fixed(buf, instance_cidrs=instance_cidrs)
+    ``live`` is the generation of endpoint maps in the table (:func:`live_generation`).
+    Given ``fill_transactions``, a table with at least two times ``fill_min_entries``
+    endpoint entries gets the maps of the next generation made and filled by up to that
+    many ``fill_texts``, at least ``fill_min_entries`` entries each: nft spends its time
+    parsing entries, one core a process, and nothing looks those maps up until ``text``,
+    one transaction, points the rules at them and deletes the old ones. So the rules
+    switch all at once, never half; the kernel holds both generations in between.
+    Otherwise ``text`` flushes and refills the live generation's maps itself."""
+    buf = _Buffer(generation=0)  # the generation is set below, before any name needs it
     by_map: dict[str, list[str]] = {m: [] for m in MAPS}
     owned: dict[ServicePortName, NftServicePort] = {}
     chain_refs: dict[ChainName, int] = {}
@@ -327,13 +366,17 @@ def render_nftables_ruleset(
     for map_name, key, value in refs:
         by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
     map_sizes = {m: len(e) for m, e in by_map.items() if e}
+    chunks = min(fill_transactions, sum(len(by_map[m]) for m in FILL_MAPS) // fill_min_entries)
+    filling = chunks > 1
+    generation = buf.generation = (live + int(filling)) if live is not None else 0
+    fixed = _Buffer(generation)
+    _render_fixed(fixed, instance_cidrs=instance_cidrs, fill_maps_flushed=not filling)
+    buf.put_first(fixed)
     for chain in sorted(chain_refs, key=_shared_order):
         buf.shared_chain(chain)
-    chunks = min(fill_transactions, sum(len(by_map[m]) for m in FILL_MAPS) // fill_min_entries)
-    fill_texts = _fill_texts({m: by_map.pop(m) for m in FILL_MAPS}, chunks) if chunks > 1 else ()
-    if fill_texts:
-        unflushed = {f"flush {_kind(m)} {TABLE} {m}" for m in FILL_MAPS}
-        buf.flushes = [f for f in buf.flushes if f not in unflushed]
+    fill_texts = (
+        _fill_texts({m: by_map.pop(m) for m in FILL_MAPS}, chunks, generation) if filling else ()
+    )
     for map_name, elements in by_map.items():
         buf.elements(map_name, elements)
 
@@ -343,6 +386,8 @@ def render_nftables_ruleset(
         buf.deletions.append(f"delete chain {TABLE} {chain}")
     for set_name in sorted(set(stale_sets) - buf.sets):
         buf.deletions.append(f"delete set {TABLE} {set_name}")
+    for map_name in sorted(set(stale_maps) - buf.maps):
+        buf.deletions.append(f"delete map {TABLE} {map_name}")
     return RenderedNftRuleset(
         text=buf.text(),
         chains=frozenset(buf.chains),
@@ -353,6 +398,7 @@ def render_nftables_ruleset(
         chain_refs=chain_refs,
         map_sizes=map_sizes,
         fill_texts=fill_texts,
+        generation=generation,
     )
 
 
@@ -360,21 +406,23 @@ def _kind(map_name: str) -> str:
     return "set" if map_name in ENTRY_SETS else "map"
 
 
-def _declaration(map_name: str) -> str:
-    return f"add {_kind(map_name)} {TABLE} {map_name} {{ {MAPS[map_name]} }}"
+def _declaration(map_name: str, generation: int) -> str:
+    in_table = table_name(map_name, generation)
+    return f"add {_kind(map_name)} {TABLE} {in_table} {{ {MAPS[map_name]} }}"
 
 
-def _fill_texts(entries: Mapping[str, list[str]], chunks: int) -> tuple[str, ...]:
-    """``chunks`` texts that each make the maps and add an even share of every map's
-    entries."""
+def _fill_texts(entries: Mapping[str, list[str]], chunks: int, generation: int) -> tuple[str, ...]:
+    """``chunks`` texts that each make the maps of ``generation`` and add an even share
+    of every map's entries."""
     texts = []
     for c in range(chunks):
-        lines = [TABLE_DECLARATION, *(_declaration(m) for m in entries)]
+        lines = [TABLE_DECLARATION, *(_declaration(m, generation) for m in entries)]
         for map_name, elements in entries.items():
             n = len(elements)
             part = elements[n * c // chunks : n * (c + 1) // chunks]
             if part:
-                lines.append(f"add element {TABLE} {map_name} {{ {', '.join(part)} }}")
+                in_table = table_name(map_name, generation)
+                lines.append(f"add element {TABLE} {in_table} {{ {', '.join(part)} }}")
         texts.append("\n".join(lines) + "\n")
     return tuple(texts)
 
@@ -388,6 +436,7 @@ def render_nftables_partial(
     chain_refs: Mapping[ChainName, int] | None = None,
     instance_cidrs: Iterable[str] | None = None,
     local_node: str | None = None,
+    generation: int = 0,
 ) -> RenderedNftPartial:
     """Render what a partial sync must change, and nothing else.
 
@@ -401,9 +450,10 @@ def render_nftables_partial(
     more are deleted and only new ones added; a shared chain is written when its first
     user comes and deleted when its last one goes.
     ``instance_cidrs`` refills the forwarding set; ``None`` leaves it as it is.
+    ``generation``: of the endpoint maps the last full sync left.
     """
     chain_refs = chain_refs or {}
-    buf = _Buffer()
+    buf = _Buffer(generation)
     if instance_cidrs is not None:
         buf.flushes.append(f"flush set {TABLE} instance-subnets")
         buf.elements("instance-subnets", sorted(set(instance_cidrs)))
@@ -435,8 +485,9 @@ def render_nftables_partial(
     for map_name in MAPS:
         keys = [key for m, key, _ in deleted if m == map_name]
         if keys:
+            in_table = table_name(map_name, generation)
             buf.element_deletions.append(
-                f"delete element {TABLE} {map_name} {{ {', '.join(keys)} }}"
+                f"delete element {TABLE} {in_table} {{ {', '.join(keys)} }}"
             )
     for map_name in MAPS:
         buf.elements(map_name, [_entry(m, key, v) for m, key, v in added if m == map_name])
@@ -473,24 +524,27 @@ def _shared_order(chain: ChainName) -> tuple[str, int]:
     return (prefix, int(n))
 
 
-def _render_fixed(buf: _Buffer, *, instance_cidrs: Iterable[str]) -> None:
-    """The table's own chains, maps and sets, all flushed and refilled."""
+def _render_fixed(
+    buf: _Buffer, *, instance_cidrs: Iterable[str], fill_maps_flushed: bool = True
+) -> None:
+    """The table's own chains, maps and sets, all flushed and refilled (the endpoint
+    maps of the buffer's generation not, unless ``fill_maps_flushed``)."""
     for chain, declaration in BASE_CHAINS.items():
         buf.chain(chain, declaration)
     for chain in REGULAR_CHAINS:
         buf.chain(chain)
     for map_name in MAPS:
-        kind = _kind(map_name)
-        buf.declarations.append(_declaration(map_name))
-        if kind == "set":
-            buf.sets.add(ChainName(map_name))
-        buf.flushes.append(f"flush {kind} {TABLE} {map_name}")
+        kind, in_table = _kind(map_name), table_name(map_name, buf.generation)
+        buf.declarations.append(_declaration(map_name, buf.generation))
+        (buf.sets if kind == "set" else buf.maps).add(ChainName(in_table))
+        if fill_maps_flushed or map_name not in FILL_MAPS:
+            buf.flushes.append(f"flush {kind} {TABLE} {in_table}")
     for set_name, declaration in FIXED_SETS.items():
         buf.declarations.append(f"add set {TABLE} {set_name} {{ {declaration} }}")
         buf.flushes.append(f"flush set {TABLE} {set_name}")
         buf.sets.add(ChainName(set_name))
     for chain, rule in _FIXED_RULES:
-        buf.rule(chain, rule)
+        buf.rule(chain, _at_generation(rule, buf.generation))
     buf.elements("instance-subnets", sorted(set(instance_cidrs)))
 
 
