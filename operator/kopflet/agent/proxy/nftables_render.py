@@ -23,7 +23,11 @@ ClientIP affinity owns no chain and no rule at all, only map entries:
   over a verdict map; ``sep-…`` records the client and DNATs; ``ext-…`` marks node-port
   traffic for masquerade and goes on to ``svc-…``;
 * ``no-endpoint-services`` / ``no-endpoint-nodeports`` send new connections to a
-  service-port without endpoints to ``reject-chain``.
+  service-port without endpoints to ``reject-chain``;
+* the endpoint maps and the hairpin set (:data:`FILL_MAPS`) carry a generation in their
+  names in the table (``service-endpoints-tcp-g3``): a full sync of a big table fills
+  the next generation while the rules look up the live one, then switches the rules over
+  in one transaction (:func:`render_nftables_ruleset`).
 
 Why entries rather than chains: the kernel and ``nft`` 1.0.6 pay for every chain and
 every anonymous set in the table. A table of 10,000 service-ports x 10 endpoints built
