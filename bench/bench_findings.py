@@ -38,14 +38,15 @@ no proxy lookups for the engine: 81-88 ms (after the run on this page). Letting 
 creates and starts at a time reach an engine changed nothing (43.1 s against 44.3 s). What
 remains is the second container.""",
     "3": """\
-**#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very text we
+**#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very texts we
 applied is the baseline on each line. nftables: services are map entries, so a full sync of
-10,000 x 10 is one `nft -f` of ~170,000 entries (6.6 MB), ~11 us each in nft 1.0.6's own
-parsing and the kernel -- 1.6-2.2 s bare here -- plus our render, bookkeeping and the pipe to
-nft: 0.35-0.5 s measured alone, more on a loaded machine (the resync lines). So the 2 s target
-is met or missed by a few hundred milliseconds, with the bare tool alone close to it. (The
-chain-per-endpoint layout it replaced took ~3 minutes for the same services: the kernel
-numbered each of the 10,000 anonymous maps by scanning all the others.)
+10,000 x 10 writes ~132,000 entries (5.5 MB), ~11 us each in nft 1.0.6's own parsing (its
+bison parser copies a 400-byte location per token) and the kernel: one `nft -f` of them is
+1.4-2.0 s here. So the endpoint maps are filled by one `nft` process a core, beside the live
+ones, and one transaction switches the rules to them (docs/PROXY.md); the bare tool applies
+the same texts one after another. On a quiet machine that made the resync 1.2-1.5 s and the
+first sync ~1.6-1.7 s (its render has no cache yet); when other work takes the second core
+the fills no longer run side by side and the figure moves back towards the bare one.
 `iptables-nft-restore` 1.8.9 reads the whole ruleset first (~60 ms for a one-chain text at
 1,000 x 10) and a bare restore of 2,000 x 10 did not finish in 10 minutes, so iptables mode
 is not run at 10,000 (docs/PROXY.md, Requirements and limits).""",
