@@ -16,6 +16,7 @@ from kopflet.agent.runtime.config import RuntimeConfig
 from kopflet.agent.runtime.container_runtime import ExecResult, ImageInfo
 from kopflet.agent.runtime.engine import RuntimeEngine
 from kopflet.agent.runtime.fake_runtime import FakeRuntime
+from kopflet.agent.runtime.records import ContainerState
 from kopflet.agent.runtime.reporting import EventType, InstanceRef
 from kopflet.api import Instance, InstanceStatus, Timestamp
 
@@ -363,3 +364,47 @@ def test_sandbox_image_is_looked_up_once_until_a_sandbox_create_fails(tmp_path: 
         assert h.runtime.image_lookups[SANDBOX_IMAGE] == 2
 
     asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_the_relist_slows_down_while_the_event_stream_is_open(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.config = dataclasses.replace(
+        h.config, evented_relist_period_seconds=60.0, relist_threshold_seconds=10.0
+    )
+    h.engine = RuntimeEngine(
+        runtime=h.runtime, config=h.config, resolver=h.objects, reporter=h.reporter
+    )
+    relists: list[float] = []
+    list_states = h.runtime.list_container_states
+
+    async def counted() -> list[ContainerState]:
+        relists.append(time.monotonic())
+        return await list_states()
+
+    h.runtime.list_container_states = counted  # type: ignore[method-assign]
+
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("web")])
+        await h.until(lambda: h.phase("web") == "Running")
+        # Open stream: at most half the health threshold (5 s) between relists, not 0.05 s.
+        assert h.engine.relist_period() == 5.0
+        settled = len(relists)
+        await asyncio.sleep(0.5)
+        assert len(relists) == settled
+        # A change the stream tells wakes the sync all the same.
+        running = h.runtime.running("main")[0]
+        h.runtime.exit(running.id, code=1)
+        await h.until(
+            lambda: (
+                len(h.runtime.running("main")) == 1
+                and h.runtime.running("main")[0].id != running.id
+            )
+        )
+        # The stream breaks: a relist at once, then one every relist period (0.05 s).
+        before = len(relists)
+        h.runtime.break_events()
+        await asyncio.sleep(0.5)
+        assert len(relists) - before >= 5
+        assert h.engine.relist_period() == 0.05
+
+    asyncio.run(h.run(scenario))

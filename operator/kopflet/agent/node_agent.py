@@ -210,6 +210,7 @@ class NodeAgentProcess:
             crash_backoff=o.crash_backoff,
             image_backoff=o.image_backoff,
             relist_period_seconds=o.relist_period,
+            evented_relist_period_seconds=o.evented_relist_period,
             relist_threshold_seconds=o.relist_threshold,
             resync_period_seconds=o.resync_period,
             termination_message_lines=o.termination_message_lines,

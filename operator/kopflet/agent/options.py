@@ -48,6 +48,7 @@ class AgentOptions:
     crash_backoff: BackoffPolicy
     image_backoff: BackoffPolicy
     relist_period: float
+    evented_relist_period: float
     relist_threshold: float
     resync_period: float
     termination_message_lines: int
@@ -156,7 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--image-backoff-initial", type=_positive, default=10.0, metavar="SECONDS")
     g.add_argument("--image-backoff-max", type=_positive, default=300.0, metavar="SECONDS")
-    g.add_argument("--relist-period", type=_positive, default=1.0, metavar="SECONDS")
+    g.add_argument(
+        "--relist-period",
+        type=_positive,
+        default=1.0,
+        metavar="SECONDS",
+        help="the engine listed this often while its event stream is broken (default: %(default)s)",
+    )
+    g.add_argument(
+        "--evented-relist-period",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="... and while the stream is open (default: %(default)s)",
+    )
     g.add_argument(
         "--relist-threshold",
         type=_positive,
@@ -164,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a relist older than this makes the node not Ready",
     )
-    g.add_argument("--resync-period", type=_positive, default=10.0, metavar="SECONDS")
+    g.add_argument("--resync-period", type=_positive, default=60.0, metavar="SECONDS")
     g.add_argument("--termination-message-lines", type=int, default=80, metavar="N")
     g.add_argument("--node-status-period", type=_positive, default=10.0, metavar="SECONDS")
     g.add_argument("--max-instances", type=int, default=110, metavar="N")
@@ -229,6 +243,7 @@ def parse_options(argv: Sequence[str]) -> AgentOptions:
             initial_seconds=args.image_backoff_initial, max_seconds=args.image_backoff_max
         ),
         relist_period=args.relist_period,
+        evented_relist_period=args.evented_relist_period,
         relist_threshold=args.relist_threshold,
         resync_period=args.resync_period,
         termination_message_lines=args.termination_message_lines,

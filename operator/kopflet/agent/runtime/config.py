@@ -31,11 +31,15 @@ class RuntimeConfig:
     engine_socket: str | None = None
     crash_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     image_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    #: How often the engine is listed in full (the backstop for lost Docker events).
+    #: How often the engine is listed in full while its event stream is broken.
     relist_period_seconds: float = 1.0
+    #: ... and while the stream is open, when the listing is the backstop for a lost event
+    #: (the kubelet's Evented PLEG slows its relist to 300 s).
+    evented_relist_period_seconds: float = 30.0
     #: A relist older than this makes the runtime unhealthy (the kubelet uses 3 min).
     relist_threshold_seconds: float = 180.0
-    #: Every instance is synced at least this often, even when nothing woke it.
-    resync_period_seconds: float = 10.0
+    #: Every instance is synced at least this often, even when nothing woke it (the
+    #: kubelet's ``--sync-frequency``, 1 min).
+    resync_period_seconds: float = 60.0
     #: Lines of a terminated container's log kept as its termination message.
     termination_message_lines: int = 80

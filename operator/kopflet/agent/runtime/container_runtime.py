@@ -130,6 +130,8 @@ class EventKind(StrEnum):
     START = "start"
     DIE = "die"
     OOM = "oom"
+    #: Removed, by us or by someone else (an exited container removed by hand dies no more).
+    DESTROY = "destroy"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -94,6 +94,11 @@ class RuntimeEngine:
         self._crash_backoff: BackoffTable[CrashKey] = BackoffTable()
         self._image_backoff: BackoffTable[PullKey] = BackoffTable()
         self._relister = Relister(runtime, self._clock)
+        # While the engine's event stream is open, events wake the syncs and the relist is
+        # the backstop, slowed down (the kubelet's Evented PLEG); a broken stream or a
+        # stream just (re)opened asks for a relist at once.
+        self._events_open = False
+        self._relist_now = asyncio.Event()
         self._probes = ProbeManager(
             runtime=runtime, clock=self._clock, on_result=self._on_probe_result
         )
@@ -124,8 +129,11 @@ class RuntimeEngine:
             if self._desired.get(uid) != fresh.get(uid):
                 self.wake(uid)
         self._desired = fresh
-        self._desired_known.set()
-        for uid in fresh:
+        if not self._desired_known.is_set():
+            self._desired_known.set()
+            # What the engine holds and nobody wants: the relist finds it (workers, volumes).
+            self._relist_now.set()
+        for uid in fresh.keys() | self._relister.instance_uids():
             self._ensure_worker(uid)
 
     def put(self, instance: Instance) -> None:
@@ -204,11 +212,14 @@ class RuntimeEngine:
     async def _relist_loop(self) -> None:
         cleaned_volumes = False
         while True:
+            self._relist_now.clear()
             started = self._clock.now()
+            failed = False
             try:
                 events = await self._relister.relist()
             except Exception as exc:  # the age grows and tells; the loop must go on
                 logger.warning("relist failed: {}", exc)
+                failed = True
             else:
                 metrics.RELIST_DURATION.observe(self._clock.now() - started)
                 for uid in {e.instance_uid for e in events}:
@@ -220,7 +231,18 @@ class RuntimeEngine:
                         self._remove_orphan_volumes()
                         cleaned_volumes = True
             metrics.RELIST_AGE.set(min(self.relist_age(), 1e9))
-            await self._clock.sleep(self._config.relist_period_seconds)
+            await self._wait(self._relist_now, self.relist_period(after_failure=failed))
+
+    def relist_period(self, *, after_failure: bool = False) -> float:
+        """How long until the next relist. A listing costs the engine ~0.14 ms of CPU per
+        container: every second at the kubelet's pace while changes can be missed (no
+        event stream, or the last relist failed), less often while the stream tells them."""
+        config = self._config
+        if self._events_open and not after_failure:
+            # Well inside the health threshold, which a slow relist must not trip.
+            slow = min(config.evented_relist_period_seconds, config.relist_threshold_seconds / 2)
+            return max(config.relist_period_seconds, slow)
+        return config.relist_period_seconds
 
     def _remove_orphan_volumes(self) -> None:
         keep = set(self._desired) | self._relister.instance_uids()
@@ -230,11 +252,21 @@ class RuntimeEngine:
     async def _event_loop(self) -> None:
         while True:
             try:
-                async for event in self._runtime.events():
+                events = self._runtime.events()
+                # Open from here on (the stream subscribes on its first step, a failure to
+                # raises right away); the relist this asks for finds what came before.
+                self._set_events_open(True)
+                async for event in events:
                     self.wake(event.instance_uid)
             except Exception as exc:  # the relist is the backstop while events are away
                 logger.warning("docker events interrupted: {}", exc)
+            self._set_events_open(False)
             await self._clock.sleep(RETRY_SECONDS)
+
+    def _set_events_open(self, open_: bool) -> None:
+        if open_ != self._events_open:
+            self._events_open = open_
+            self._relist_now.set()
 
     def _ensure_worker(self, uid: UID) -> None:
         if not self._desired_known.is_set():

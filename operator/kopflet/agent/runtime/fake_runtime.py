@@ -54,7 +54,7 @@ class FakeRuntime:
         self.network: NetworkInfo | None = None
         self._ips: list[str] = []
         self._serial = 0
-        self._subscribers: list[asyncio.Queue[RuntimeEvent]] = []
+        self._subscribers: list[asyncio.Queue[RuntimeEvent | None]] = []
 
     # -- test controls --------------------------------------------------------------------
 
@@ -76,6 +76,11 @@ class FakeRuntime:
             for r in self.containers.values()
             if r.state is RunState.RUNNING and (name is None or r.name == name)
         ]
+
+    def break_events(self) -> None:
+        """Every open event stream fails, as when the engine's connection drops."""
+        for queue in self._subscribers:
+            queue.put_nowait(None)
 
     def _emit(self, kind: EventKind, cid: ContainerID) -> None:
         record = self.containers[cid]
@@ -190,6 +195,8 @@ class FakeRuntime:
 
     async def remove_container(self, container_id: ContainerID) -> None:
         self._check()
+        if container_id in self.containers:
+            self._emit(EventKind.DESTROY, container_id)
         record = self.containers.pop(container_id, None)
         if record is not None:
             self.calls.append(("remove", record.name or "sandbox"))
@@ -224,10 +231,11 @@ class FakeRuntime:
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
         self._check()
-        queue: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
+        queue: asyncio.Queue[RuntimeEvent | None] = asyncio.Queue()
         self._subscribers.append(queue)
         try:
-            while True:
-                yield await queue.get()
+            while (event := await queue.get()) is not None:
+                yield event
+            raise RuntimeUnavailable("fake event stream broke")
         finally:
             self._subscribers.remove(queue)
