@@ -26,17 +26,21 @@ spinning. An agent profiled in a burst waits on the Engine API (create, start, i
 relist's container list ~13% of samples). The 5 s p99 at 100 per node is out of reach for Docker
 itself here: the bare burst of 300 takes ~90 s.""",
     "2": """\
-**#2 throughput.** Two containers per Instance against one per bare `docker run`, on engines
-that are CPU-bound: the ratio tracks dockerd's CPU per Instance against per bare container
-(both on the line), plus the agents' ~0.1 s and the controller's ~0.015 s of CPU per Instance
-taken from the same two cores. Tried: fewer Engine API requests per Instance (the relist no
-longer inspects; `kopflet_runtime_engine_requests_total` counts them) took an agent's CPU from
-~115 to ~100 ms per Instance lifecycle in a burst of 100 on one node, and all-Ready from 43.5 s
-to 42-43 s; then, found with `py-spy --gil`, the API token read once a minute instead of three
-times a request, referenced scopes counted per Instance instead of over all on every event, and
-no proxy lookups for the engine: 81-88 ms (after the run on this page). Letting at most 8
-creates and starts at a time reach an engine changed nothing (43.1 s against 44.3 s). What
-remains is the second container.""",
+**#2 throughput.** Two containers per Instance against one per bare `docker run`. Measured alone
+on one node engine, 40 at once: a sandbox+app pair costs the whole machine ~630-650 ms of CPU
+against ~475-500 ms for a bare container (shims, runc and the kernel's mounts and veths as well
+as dockerd), and 13.2-13.6 s of wall time against 10.0-10.5 s; the app container joined to a
+sandbox alone costs ~130-160 ms. Our own requests to the engine were cut: a listing costs
+dockerd ~0.14 ms of CPU per container, and the relist listed every second while every Instance
+was re-synced (a listing and two inspects) every 10 s. Now the relist slows to 30 s while
+Docker's event stream is open and the resync is 60 s (the kubelet's Evented PLEG and
+`--sync-frequency`): per Instance in the 300 burst dockerd went from 97 to 82 ms and the agents
+from 63 to 47 ms, but the wall-time ratio did not move (1.80 -> 1.92 on a faster bare run), so
+CPU in dockerd and the agents is not what bounds it. What remains: the second container, and the
+API side (the API server and etcd serve ~9 requests per Instance -- #7 -- on the same two cores;
+their CPU per Instance is not measured here). Tried before: fewer Engine API requests per
+Instance, the API token read once a minute, scopes counted per Instance, at most 8 creates at
+a time per engine (no change).""",
     "3": """\
 **#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very texts we
 applied is the baseline on each line. nftables: services are map entries, so a full sync of
