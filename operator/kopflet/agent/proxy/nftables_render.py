@@ -277,10 +277,7 @@ class _Buffer:
 
     def elements(self, map_name: str, elements: list[str]) -> None:
         if elements:
-            in_table = table_name(map_name, self.generation)
-            self.elements_added.append(
-                f"add element {TABLE} {in_table} {{ {', '.join(elements)} }}"
-            )
+            self.elements_added.append(_element_line(map_name, self.generation, elements))
 
     def put_first(self, other: _Buffer) -> None:
         """Put what ``other`` holds before what this buffer holds."""
@@ -308,6 +305,10 @@ class _Buffer:
 
 def _entry(map_name: str, key: str, value: str) -> str:
     return key if map_name in ENTRY_SETS else f"{key} : {value}"
+
+
+def _element_line(map_name: str, generation: int, elements: list[str]) -> str:
+    return f"add element {TABLE} {table_name(map_name, generation)} {{ {', '.join(elements)} }}"
 
 
 #: What each service-port without chains of its own rendered to, with the info it was
@@ -367,8 +368,8 @@ def render_nftables_ruleset(
     # Counted in one go (in C); an entry two service-ports want is written once, where
     # the first of them wants it.
     refs = Counter(chain_of.from_iterable(o.elements for o in owned.values()))
-    for map_name, key, value in refs:
-        by_map[map_name].append(key if map_name in ENTRY_SETS else f"{key} : {value}")
+    for element in refs:
+        by_map[element[0]].append(_entry(*element))
     map_sizes = {m: len(e) for m, e in by_map.items() if e}
     chunks = min(fill_transactions, sum(len(by_map[m]) for m in FILL_MAPS) // fill_min_entries)
     filling = chunks > 1
@@ -425,8 +426,7 @@ def _fill_texts(entries: Mapping[str, list[str]], chunks: int, generation: int) 
             n = len(elements)
             part = elements[n * c // chunks : n * (c + 1) // chunks]
             if part:
-                in_table = table_name(map_name, generation)
-                lines.append(f"add element {TABLE} {in_table} {{ {', '.join(part)} }}")
+                lines.append(_element_line(map_name, generation, part))
         texts.append("\n".join(lines) + "\n")
     return tuple(texts)
 
