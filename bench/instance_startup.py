@@ -37,6 +37,7 @@ from bench_cluster import (
     InstanceWatch,
     bare_docker_run,
     cpu_seconds,
+    machine_cpu_seconds,
     remove_bare,
     rss_bytes,
 )
@@ -68,6 +69,12 @@ class Runs:
     #: The engines' own CPU seconds per Instance (two containers) and per bare container.
     dockerd_cpu: list[float] = field(default_factory=list)
     bare_dockerd_cpu: list[float] = field(default_factory=list)
+    #: The API server and etcd together, per Instance.
+    api_cpu: list[float] = field(default_factory=list)
+    #: The whole machine (every core's non-idle time, /proc/stat), per Instance and per bare
+    #: container: shims, runc, the kernel and everything else on the machine included.
+    machine_cpu: list[float] = field(default_factory=list)
+    bare_machine_cpu: list[float] = field(default_factory=list)
     agent_rss: list[float] = field(default_factory=list)
 
 
@@ -78,9 +85,12 @@ def run_ours(cluster: BenchCluster, count: int, runs: Runs, *, sample_memory: bo
         sent = cluster.create_instances(namespace, names)
         w.wait_ready(names, timeout=120 + 2.0 * count)
         cpu_after = component_cpu(cluster)
-        runs.agent_cpu.append((cpu_after[0] - cpu_before[0]) / count)
-        runs.controller_cpu.append((cpu_after[1] - cpu_before[1]) / count)
-        runs.dockerd_cpu.append((cpu_after[2] - cpu_before[2]) / count)
+        used = {k: (cpu_after[k] - cpu_before[k]) / count for k in cpu_after}
+        runs.agent_cpu.append(used["agents"])
+        runs.controller_cpu.append(used["controller"])
+        runs.dockerd_cpu.append(used["dockerd"])
+        runs.api_cpu.append(used["api"])
+        runs.machine_cpu.append(used["machine"])
         latencies = [w.ready_at[n] - sent[n] for n in names]
         runs.p50.append(percentile(latencies, 0.5))
         runs.p99.append(percentile(latencies, 0.99))
@@ -94,10 +104,12 @@ def run_ours(cluster: BenchCluster, count: int, runs: Runs, *, sample_memory: bo
 
 
 def run_bare(cluster: BenchCluster, count: int, runs: Runs) -> None:
-    cpu_before = component_cpu(cluster)[2]
+    cpu_before = component_cpu(cluster)
     try:
         burst = bare_docker_run(cluster, count)
-        runs.bare_dockerd_cpu.append((component_cpu(cluster)[2] - cpu_before) / count)
+        cpu_after = component_cpu(cluster)
+        runs.bare_dockerd_cpu.append((cpu_after["dockerd"] - cpu_before["dockerd"]) / count)
+        runs.bare_machine_cpu.append((cpu_after["machine"] - cpu_before["machine"]) / count)
     finally:
         remove_bare(cluster)
     runs.bare_p50.append(percentile(list(burst.latency.values()), 0.5))
@@ -107,13 +119,22 @@ def run_bare(cluster: BenchCluster, count: int, runs: Runs) -> None:
     runs.bare_wall.append(burst.wall)
 
 
-def component_cpu(cluster: BenchCluster) -> tuple[float, float, float]:
-    """CPU seconds used so far by all agents together, the controller, and all dockerds."""
-    agents, controller, engines = (
-        sum(cpu_seconds(pid) for pid in cluster.component_pids(name).values())
-        for name in ("agent", "controller", "dockerd")
-    )
-    return agents, controller, engines
+def component_cpu(cluster: BenchCluster) -> dict[str, float]:
+    """CPU seconds used so far by all agents together, the controller, all dockerds, the API
+    server with etcd, and the whole machine."""
+
+    def of(*names: str) -> float:
+        return sum(
+            cpu_seconds(pid) for name in names for pid in cluster.component_pids(name).values()
+        )
+
+    return {
+        "agents": of("agent"),
+        "controller": of("controller"),
+        "dockerd": of("dockerd"),
+        "api": of("kube-apiserver", "etcd"),
+        "machine": machine_cpu_seconds(),
+    }
 
 
 def max_agent_rss(cluster: BenchCluster) -> float:
@@ -176,15 +197,22 @@ def report(reporter: Reporter, cluster: BenchCluster, count: int, runs: Runs) ->
                 "ours": f"{count / max(min(runs.wall), 1e-9):.1f} Instances/s at best",
                 "bare": f"{count / max(min(runs.bare_wall), 1e-9):.1f} containers/s at best",
                 "CPU per Instance": (
-                    f"agents {Summary.of(runs.agent_cpu).median * 1000:.0f} ms,"
-                    f" controller {Summary.of(runs.controller_cpu).median * 1000:.0f} ms,"
-                    f" dockerd {Summary.of(runs.dockerd_cpu).median * 1000:.0f} ms"
-                    f" (bare: dockerd {Summary.of(runs.bare_dockerd_cpu).median * 1000:.0f} ms"
-                    " per container)"
+                    f"machine {ms(runs.machine_cpu)}, of which"
+                    f" agents {ms(runs.agent_cpu)},"
+                    f" controller {ms(runs.controller_cpu)},"
+                    f" API server + etcd {ms(runs.api_cpu)},"
+                    f" dockerd {ms(runs.dockerd_cpu)}"
+                    f" (bare, per container: machine {ms(runs.bare_machine_cpu)},"
+                    f" dockerd {ms(runs.bare_dockerd_cpu)})"
                 ),
             },
         )
     )
+
+
+def ms(values: list[float]) -> str:
+    """The median of CPU seconds, in ms."""
+    return f"{Summary.of(values).median * 1000:.0f} ms"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
