@@ -108,7 +108,11 @@ class Setup:
             f" echo; {'sleep ' + str(pause) + ';' if pause else ''} done"
         )
         lines = [ln.strip() for ln in self.exec_in_client(script).splitlines() if ln.strip()]
-        return [ln if ln in SERVERS else "refused" if "refused" in ln else "failed" for ln in lines]
+        # Anything else keeps nc's own words, so that a failed assertion shows what happened.
+        return [
+            ln if ln in SERVERS else "refused" if "refused" in ln else f"failed: {ln}"
+            for ln in lines
+        ]
 
 
 def _agent_pid(cluster: TestCluster, node: NodeConfig) -> int | None:
@@ -245,7 +249,7 @@ def test_node_port_on_every_node_reaches_endpoints_from_the_host(setup: Setup) -
 def test_service_without_endpoints_is_refused_at_once(setup: Setup) -> None:
     vip = setup.service("empty", selector={"app": "nothing-matches"})["spec"]["clusterIP"]
     wait_for(lambda: setup.connect(vip, 80, count=1) == ["refused"], timeout=20, message="refused")
-    # "refused" is the REJECT answering at once: a dropped SYN would read "failed" after nc's 3 s.
+    # "refused" is the REJECT answering at once: a dropped SYN would fail after nc's 3 s.
     assert setup.connect(vip, 80, count=5) == ["refused"] * 5
 
 
