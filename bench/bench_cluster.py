@@ -160,6 +160,20 @@ class BenchCluster:
                 future.result(timeout=120)
         return sent
 
+    def create_instances_paced(
+        self, namespace: str, names: Sequence[str], *, rate: float
+    ) -> dict[str, float]:
+        """Create Instances one after another, ``rate`` a second; each one's send time."""
+        sent: dict[str, float] = {}
+        start = time.monotonic()
+        for i, name in enumerate(names):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            sent[name] = time.monotonic()
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, INSTANCE_PLURAL, instance_object(name)
+            )
+        return sent
+
     # -- engines ----------------------------------------------------------------------------
     @property
     def nodes(self) -> list[NodeConfig]:
@@ -377,14 +391,7 @@ def bare_docker_run(
     def run(i: int) -> None:
         node = targets[i % len(targets)]
         started = time.monotonic()
-        clients[node.name].containers.run(
-            IMAGE,
-            list(SLEEP_COMMAND),
-            detach=True,
-            network=BARE_NETWORK,
-            labels={BARE_LABEL: "1"},
-            name=f"bench-bare-{i}",
-        )
+        _bare_run(clients[node.name], f"bench-bare-{i}")
         done_at[i] = time.monotonic()
         latency[i] = done_at[i] - started
 
@@ -396,6 +403,46 @@ def bare_docker_run(
     since_burst = {i: t - burst_started for i, t in done_at.items()}
     return BareBurst(
         latency=latency, since_burst=since_burst, wall=time.monotonic() - burst_started
+    )
+
+
+def bare_docker_run_paced(
+    cluster: BenchCluster, count: int, *, rate: float, prefix: str
+) -> dict[int, float]:
+    """``docker run -d`` of ``count`` containers started ``rate`` a second, round-robin over
+    the engines; per container, from its request to running. They stay until
+    :func:`remove_bare`."""
+    targets = list(cluster.nodes)
+    clients = {n.name: cluster.docker(n) for n in targets}
+    for node in targets:
+        ensure_bare_network(clients[node.name], node)
+    latency: dict[int, float] = {}
+
+    def run(i: int) -> None:
+        started = time.monotonic()
+        _bare_run(clients[targets[i % len(targets)].name], f"bench-bare-{prefix}-{i}")
+        latency[i] = time.monotonic() - started
+
+    start = time.monotonic()
+    # Threads, so that a slow run does not hold back the next one's start.
+    with ThreadPoolExecutor(cluster.concurrency) as pool:
+        futures = []
+        for i in range(count):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            futures.append(pool.submit(run, i))
+        for future in futures:
+            future.result(timeout=300)
+    return latency
+
+
+def _bare_run(client: docker.DockerClient, name: str) -> None:
+    client.containers.run(
+        IMAGE,
+        list(SLEEP_COMMAND),
+        detach=True,
+        network=BARE_NETWORK,
+        labels={BARE_LABEL: "1"},
+        name=name,
     )
 
 
