@@ -16,7 +16,7 @@ over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to
 miss it, for three causes, measured:
 (a) An Instance is two containers -- the sandbox holding its network namespace (the pod's pause
 container) and the app -- where the baseline is one, and the engines share two cores: the
-machine's CPU per Instance is 1.7-1.9 times a bare container's (#2 line, and #2 below).
+machine's CPU per Instance is 1.4-2.0 times a bare container's (#2 lines, and #2 below).
 (b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
