@@ -165,9 +165,8 @@ class BenchCluster:
     ) -> dict[str, float]:
         """Create Instances one after another, ``rate`` a second; each one's send time."""
         sent: dict[str, float] = {}
-        start = time.monotonic()
-        for i, name in enumerate(names):
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        for i in paced(len(names), rate=rate):
+            name = names[i]
             sent[name] = time.monotonic()
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, INSTANCE_PLURAL, instance_object(name)
@@ -246,6 +245,14 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paced(count: int, *, rate: float) -> Iterator[int]:
+    """``0 .. count - 1``, each yielded at its turn, ``rate`` a second from the first."""
+    start = time.monotonic()
+    for i in range(count):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        yield i
 
 
 def machine_cpu_seconds() -> float:
@@ -382,16 +389,12 @@ def bare_docker_run(
     ``count`` containers, spread round-robin over the engines, ``concurrency`` at a time.
 
     The containers stay until :func:`remove_bare`."""
-    targets = list(nodes or cluster.nodes)
-    clients = {n.name: cluster.docker(n) for n in targets}
-    for node in targets:
-        ensure_bare_network(clients[node.name], node)
+    clients = _bare_clients(cluster, nodes)
     latency: dict[int, float] = {}
 
     def run(i: int) -> None:
-        node = targets[i % len(targets)]
         started = time.monotonic()
-        _bare_run(clients[node.name], f"bench-bare-{i}")
+        _bare_run(clients[i % len(clients)], f"bench-bare-{i}")
         done_at[i] = time.monotonic()
         latency[i] = done_at[i] - started
 
@@ -412,27 +415,32 @@ def bare_docker_run_paced(
     """``docker run -d`` of ``count`` containers started ``rate`` a second, round-robin over
     the engines; per container, from its request to running. They stay until
     :func:`remove_bare`."""
-    targets = list(cluster.nodes)
-    clients = {n.name: cluster.docker(n) for n in targets}
-    for node in targets:
-        ensure_bare_network(clients[node.name], node)
+    clients = _bare_clients(cluster, None)
     latency: dict[int, float] = {}
 
     def run(i: int) -> None:
         started = time.monotonic()
-        _bare_run(clients[targets[i % len(targets)].name], f"bench-bare-{prefix}-{i}")
+        _bare_run(clients[i % len(clients)], f"bench-bare-{prefix}-{i}")
         latency[i] = time.monotonic() - started
 
-    start = time.monotonic()
     # Threads, so that a slow run does not hold back the next one's start.
     with ThreadPoolExecutor(cluster.concurrency) as pool:
-        futures = []
-        for i in range(count):
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
-            futures.append(pool.submit(run, i))
+        futures = [pool.submit(run, i) for i in paced(count, rate=rate)]
         for future in futures:
             future.result(timeout=300)
     return latency
+
+
+def _bare_clients(
+    cluster: BenchCluster, nodes: Sequence[NodeConfig] | None
+) -> list[docker.DockerClient]:
+    """A client per engine, in node order, each with the bare network in place."""
+    clients = []
+    for node in nodes or cluster.nodes:
+        client = cluster.docker(node)
+        ensure_bare_network(client, node)
+        clients.append(client)
+    return clients
 
 
 def _bare_run(client: docker.DockerClient, name: str) -> None:

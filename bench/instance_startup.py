@@ -113,8 +113,7 @@ def run_ours(
         cpu_before = component_cpu(cluster)
         sent = cluster.create_instances(namespace, names)
         w.wait_ready(names, timeout=120 + 2.0 * count)
-        cpu_after = component_cpu(cluster)
-        used = {k: (cpu_after[k] - cpu_before[k]) / count for k in cpu_after}
+        used = cpu_used_since(cluster, cpu_before, count)
         runs.agent_cpu.append(used["agents"])
         runs.controller_cpu.append(used["controller"])
         runs.dockerd_cpu.append(used["dockerd"])
@@ -145,9 +144,9 @@ def run_bare(
     cpu_before = component_cpu(cluster)
     try:
         burst = bare_docker_run(cluster, count)
-        cpu_after = component_cpu(cluster)
-        runs.bare_dockerd_cpu.append((cpu_after["dockerd"] - cpu_before["dockerd"]) / count)
-        runs.bare_machine_cpu.append((cpu_after["machine"] - cpu_before["machine"]) / count)
+        used = cpu_used_since(cluster, cpu_before, count)
+        runs.bare_dockerd_cpu.append(used["dockerd"])
+        runs.bare_machine_cpu.append(used["machine"])
         if latency is not None:
             paced = bare_docker_run_paced(cluster, latency.count, rate=latency.rate, prefix="l")
             runs.bare_latency_p50.append(percentile(list(paced.values()), 0.5))
@@ -177,6 +176,12 @@ def component_cpu(cluster: BenchCluster) -> dict[str, float]:
         "api": of("kube-apiserver", "etcd"),
         "machine": machine_cpu_seconds(),
     }
+
+
+def cpu_used_since(cluster: BenchCluster, before: dict[str, float], count: int) -> dict[str, float]:
+    """CPU seconds each of :func:`component_cpu`'s parts used since ``before``, per item."""
+    after = component_cpu(cluster)
+    return {k: (after[k] - before[k]) / count for k in after}
 
 
 def max_agent_rss(cluster: BenchCluster) -> float:
@@ -233,12 +238,10 @@ def report(
             },
         )
     )
-    if runs.latency_p50:
+    if latency is not None:
         phase = (
             f"latency phase, {latency.count} Instances created {latency.rate:g} a second on"
             f" {nodes} nodes holding {per_node:.0f} each (the density test's latency pods)"
-            if latency is not None
-            else "latency phase"
         )
         for q, ours, bare, target in (
             (
