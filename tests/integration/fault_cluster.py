@@ -182,7 +182,8 @@ def node_problems(cluster: FaultCluster, namespace: str, selector: str | None = 
             restart = instance["spec"].get("restartPolicy", "Always")
             if restart != "Always":
                 continue
-            if running[(uid, "sandbox", "")] != 1:
+            # One container holds the instance's network itself; more share a sandbox's.
+            if len(instance["spec"]["containers"]) > 1 and running[(uid, "sandbox", "")] != 1:
                 problems.append(f"{node.name}: no running sandbox of {uid}")
             for container in instance["spec"]["containers"]:
                 if running[(uid, "app", container["name"])] != 1:

@@ -23,7 +23,7 @@ from agent_nodes import (
 )
 
 from conftest import TestCluster
-from kopflet.agent.runtime.labels import CONTAINER_NAME_LABEL, ROLE_LABEL
+from kopflet.agent.runtime.labels import CONTAINER_NAME_LABEL, INSTANCE_IP_LABEL, ROLE_LABEL
 from support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,11 +66,16 @@ def test_instance_bound_to_node_2_runs_there_and_reports_running_ready(
     assert "running" in container["state"]
     assert {c["type"] for c in status["conditions"]} >= {"Initialized", "ContainersReady", "Ready"}
     assert FINALIZER in obj["metadata"]["finalizers"]
-    # On node-2's engine, and there only: one sandbox and the container, labelled with the uid.
+    # On node-2's engine, and there only: the one container, labelled with the uid, holding
+    # the instance's address itself (an instance of one container has no sandbox).
     on_node = containers_of(cluster, node, uid)
     roles = sorted((c["Labels"][ROLE_LABEL], c["Labels"][CONTAINER_NAME_LABEL]) for c in on_node)
-    assert roles == [("app", "main"), ("sandbox", "")], roles
+    assert roles == [("app", "main")], roles
     assert all(c["State"] == "running" for c in on_node)
+    [held] = on_node
+    assert held["Labels"][INSTANCE_IP_LABEL] == status["instanceIP"]
+    addresses = [n["IPAddress"] for n in held["NetworkSettings"]["Networks"].values()]
+    assert addresses == [status["instanceIP"]], addresses
     for other in (cluster.nodes[0], cluster.nodes[2]):
         assert containers_of(cluster, other, uid) == []
 

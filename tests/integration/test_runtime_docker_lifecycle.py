@@ -70,6 +70,88 @@ def test_containers_share_the_instance_network_and_the_node_reaches_it(
     run_in_netns(node.netns_path, scenario, timeout=90)
 
 
+async def http_get(host: str, port: int) -> str:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    return answer.decode(errors="replace")
+
+
+def test_one_container_holds_the_instance_network_itself_and_keeps_its_ip(
+    node: DockerNode, tmp_path: Path
+) -> None:
+    serve = (
+        'mkdir -p /www && echo "$(hostname) $MY_IP" > /www/index.html '
+        "&& exec httpd -f -p 8080 -h /www"
+    )
+    inst = instance(
+        "solo",
+        node="solo",
+        hostname="solo-host",
+        containers=[
+            {
+                "name": "main",
+                "image": IMAGE,
+                "command": sh(serve),
+                "env": [
+                    {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                ],
+                "ports": [{"containerPort": 8080, "hostPort": 18080}],
+            }
+        ],
+    )
+
+    async def scenario() -> None:
+        async with Agent(node, name="solo", volumes_dir=tmp_path) as agent:
+            agent.engine.set_desired([inst])
+            await until(lambda: agent.phase("solo") == "Running", seconds=30, message="running")
+            status = agent.reporter.last("solo")
+            assert status is not None and status.instance_ip
+            ip = status.instance_ip
+            # One container on the engine, no sandbox: it holds the address the agent chose.
+            [record] = await agent.records("uid-solo")
+            assert not record.is_sandbox and record.sandbox_id is None
+            assert record.ip == record.labels.instance_ip == ip
+            # Its hostname, the address in its environment, through the IP and the host port.
+            served = await until(
+                lambda: _answer(ip, 8080), seconds=10, message="served on the instance IP"
+            )
+            assert served.split() == ["solo-host", ip]
+            assert (await http_get("127.0.0.1", 18080)).split()[-2:] == ["solo-host", ip]
+
+            await agent.runtime.stop_container(record.id, grace_seconds=0)
+
+            async def restarted() -> bool:
+                running = await agent.running("uid-solo", "main")
+                return bool(running) and running[0].restart_count == 1
+
+            await until(restarted, seconds=30, message="restarted")
+            [again] = await agent.running("uid-solo", "main")
+            assert again.ip == ip and again.labels.instance_ip == ip
+            served = await until(
+                lambda: _answer(ip, 8080), seconds=10, message="served again on the same IP"
+            )
+            assert served.split() == ["solo-host", ip]
+            await until(
+                lambda: (s := agent.reporter.last("solo")) is not None and s.restart_count == 1,
+                seconds=10,
+                message="restart reported",
+            )
+            last = agent.reporter.last("solo")
+            assert last is not None and last.instance_ip == ip
+
+    run_in_netns(node.netns_path, scenario, timeout=90)
+
+
+async def _answer(host: str, port: int) -> str:
+    try:
+        answer = await http_get(host, port)
+    except OSError:
+        return ""
+    return answer.split("\r\n\r\n", 1)[-1].strip()
+
+
 def test_crashing_container_backs_off_1s_then_2s_then_4s(node: DockerNode, tmp_path: Path) -> None:
     inst = instance(
         "crash",
@@ -146,7 +228,10 @@ def test_run_to_completion_ends_succeeded_or_failed_and_frees_the_sandbox(
         "done",
         node="once",
         restartPolicy="Never",
-        containers=[{"name": "main", "image": IMAGE, "command": sh("echo all good")}],
+        containers=[
+            {"name": "main", "image": IMAGE, "command": sh("echo all good")},
+            {"name": "also", "image": IMAGE, "command": ["true"]},
+        ],
     )
     broken = instance(
         "broken",

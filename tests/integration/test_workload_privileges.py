@@ -141,15 +141,10 @@ def test_host_network_is_not_in_the_api(
     stored = _instance(cluster, ns, "host-net")
     assert "hostNetwork" not in stored["spec"]
     _wait_running(cluster, ns, "host-net")
-    sandbox = next(
-        c
-        for c in cluster.our_containers(node)
-        if c.labels.get("dev.kopflet.role") == "sandbox"
-        and c.labels.get("dev.kopflet.instance-name") == "host-net"
-    )
-    assert sandbox.attrs["HostConfig"]["NetworkMode"] != "host"
+    # Its one container holds the instance's network on the node's instance network.
     app = _app_container(cluster, node, ns, "host-net")
-    assert app.attrs["HostConfig"]["NetworkMode"] == f"container:{sandbox.id}"
+    assert app.attrs["HostConfig"]["NetworkMode"] == "kopflet"
+    assert list(app.attrs["NetworkSettings"]["Networks"]) == ["kopflet"]
 
 
 def test_containers_run_with_no_new_privileges_by_default(

@@ -13,7 +13,7 @@ import pytest
 
 from kopflet.agent.runtime.backoff import BackoffPolicy
 from kopflet.agent.runtime.config import RuntimeConfig
-from kopflet.agent.runtime.container_runtime import ExecResult, ImageInfo
+from kopflet.agent.runtime.container_runtime import ContainerRequest, ExecResult, ImageInfo
 from kopflet.agent.runtime.engine import RuntimeEngine
 from kopflet.agent.runtime.fake_runtime import FakeRuntime
 from kopflet.agent.runtime.records import ContainerState
@@ -116,25 +116,118 @@ class Harness:
         return status.reason if status else None
 
 
-def test_instance_starts_in_its_sandbox_and_reports_running(tmp_path: Path) -> None:
+TWO_CONTAINERS = [
+    {"name": "main", "image": IMAGE},
+    {"name": "side", "image": IMAGE},
+]
+
+
+def test_instance_of_two_containers_starts_in_its_sandbox_and_reports_running(
+    tmp_path: Path,
+) -> None:
     async def scenario(h: Harness) -> None:
-        h.engine.set_desired([make_instance("web")])
+        h.engine.set_desired([make_instance("web", containers=TWO_CONTAINERS)])
         await h.until(lambda: h.phase("web") == "Running")
         status = h.reporter.last("web")
         assert status is not None and status.instance_ip == "10.244.1.2"
-        [app] = h.runtime.running("main")
+        [main] = h.runtime.running("main")
+        [side] = h.runtime.running("side")
         sandbox = next(r for r in h.runtime.running() if r.is_sandbox)
-        assert app.sandbox_id == sandbox.id
+        assert main.sandbox_id == side.sandbox_id == sandbox.id
+        # The agent picked the address and asked the engine for it.
+        assert sandbox.ip == sandbox.labels.instance_ip == "10.244.1.2"
         reasons = [r for n, r, _ in h.reporter.events if n == "web"]
-        assert reasons == ["Created", "Started"]
+        assert reasons == ["Created", "Started", "Created", "Started"]
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_instance_of_one_container_runs_it_without_a_sandbox(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired(
+            [make_instance("web", hostname="www", containers=[{"name": "main", "image": IMAGE}])]
+        )
+        await h.until(lambda: h.phase("web") == "Running")
+        status = h.reporter.last("web")
+        assert status is not None and status.instance_ip == "10.244.1.2"
+        [main] = h.runtime.running()
+        assert not main.is_sandbox and main.sandbox_id is None
+        assert main.ip == main.labels.instance_ip == "10.244.1.2"
+        request = h.runtime.requests[main.id]
+        assert isinstance(request, ContainerRequest) and request.attachment is not None
+        assert request.attachment.hostname == "www"
+        assert request.attachment.network == "kopflet"
+        assert ("create-sandbox", "web") not in h.runtime.calls
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_a_restarted_container_without_a_sandbox_keeps_the_instance_ip(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.engine.set_desired([make_instance("a"), make_instance("b")])
+        await h.until(lambda: h.phase("a") == "Running" and h.phase("b") == "Running")
+        ip_of = {r.labels.instance_name: r.ip for r in h.runtime.running()}
+        assert sorted(ip_of.values()) == ["10.244.1.2", "10.244.1.3"]
+        [a] = [r for r in h.runtime.running() if r.labels.instance_name == "a"]
+        h.runtime.exit(a.id, code=1)
+        # A new instance while a's address is free on the network: it gets another one.
+        h.engine.put(make_instance("c"))
+        await h.until(lambda: h.phase("c") == "Running")
+        await h.until(lambda: len(h.runtime.running()) == 3)
+        now = {r.labels.instance_name: (r.ip, r.restart_count) for r in h.runtime.running()}
+        assert now == {
+            "a": (ip_of["a"], 1),
+            "b": (ip_of["b"], 0),
+            "c": ("10.244.1.4", 0),
+        }
+        status = h.reporter.last("a")
+        assert status is not None and status.instance_ip == ip_of["a"]
+
+    asyncio.run(Harness(tmp_path).run(scenario))
+
+
+def test_a_restarted_agent_learns_the_addresses_before_it_picks_one(tmp_path: Path) -> None:
+    before: dict[str, str | None] = {}
+
+    async def start(h: Harness) -> None:
+        h.engine.set_desired([make_instance("a"), make_instance("b")])
+        await h.until(lambda: len(h.runtime.running()) == 2)
+        before.update({r.labels.instance_name: r.ip for r in h.runtime.running()})
+        [a] = [r for r in h.runtime.running() if r.labels.instance_name == "a"]
+        h.runtime.exit(a.id, code=0)  # a's address is free on the network, still a's
+
+    first = Harness(tmp_path)
+    asyncio.run(first.run(start))
+    second = Harness(tmp_path, runtime=first.runtime)
+
+    async def again(h: Harness) -> None:
+        # c comes first in the desired set, before a restarts.
+        h.engine.set_desired([make_instance("c"), make_instance("a"), make_instance("b")])
+        await h.until(lambda: len(h.runtime.running()) == 3)
+        ips = {r.labels.instance_name: r.ip for r in h.runtime.running()}
+        assert ips == {**before, "c": "10.244.1.4"}
+
+    asyncio.run(second.run(again))
+
+
+def test_an_address_taken_by_something_else_is_given_up_for_another(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        # Something not ours holds .2 on the network (the engine refuses the start).
+        h.runtime.squat("10.244.1.2")
+        h.engine.set_desired([make_instance("a")])
+        await h.until(lambda: h.phase("a") == "Running")
+        [a] = h.runtime.running()
+        assert a.ip == a.labels.instance_ip == "10.244.1.3" and a.restart_count == 0
+        reasons = [r for n, r, _ in h.reporter.events if n == "a"]
+        assert "FailedCreateSandbox" in reasons
 
     asyncio.run(Harness(tmp_path).run(scenario))
 
 
 def test_nothing_is_removed_before_the_first_desired_set(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        h.engine.set_desired([make_instance("old")])
-        await h.until(lambda: len(h.runtime.running()) == 2)
+        h.engine.set_desired([make_instance("old", containers=TWO_CONTAINERS)])
+        await h.until(lambda: len(h.runtime.running()) == 3)
 
     first = Harness(tmp_path)
     asyncio.run(first.run(scenario))
@@ -144,7 +237,7 @@ def test_nothing_is_removed_before_the_first_desired_set(tmp_path: Path) -> None
     async def restart(h: Harness) -> None:
         calls_before = len(h.runtime.calls)
         await asyncio.sleep(0.4)
-        assert len(h.runtime.running()) == 2 and h.runtime.calls[calls_before:] == []
+        assert len(h.runtime.running()) == 3 and h.runtime.calls[calls_before:] == []
         h.engine.set_desired([])
         await h.until(lambda: not h.runtime.containers)
         assert ("stop", "main/3") in h.runtime.calls[calls_before:]
@@ -352,13 +445,16 @@ def test_unreachable_engine_makes_the_runtime_unhealthy(tmp_path: Path) -> None:
 
 
 def test_sandbox_image_is_looked_up_once_until_a_sandbox_create_fails(tmp_path: Path) -> None:
+    def two(name: str) -> Instance:
+        return make_instance(name, containers=TWO_CONTAINERS)
+
     async def scenario(h: Harness) -> None:
-        h.engine.set_desired([make_instance("a"), make_instance("b")])
+        h.engine.set_desired([two("a"), two("b")])
         await h.until(lambda: h.phase("a") == "Running" and h.phase("b") == "Running")
         assert h.runtime.image_lookups[SANDBOX_IMAGE] == 1
         # Removed behind the agent's back: the next create fails, and the retry pulls it.
         h.runtime.pullable[SANDBOX_IMAGE] = h.runtime.images.pop(SANDBOX_IMAGE)
-        h.engine.set_desired([make_instance("a"), make_instance("b"), make_instance("c")])
+        h.engine.set_desired([two("a"), two("b"), two("c")])
         await h.until(lambda: h.phase("c") == "Running", seconds=8)
         assert ("pull", SANDBOX_IMAGE) in h.runtime.calls
         assert h.runtime.image_lookups[SANDBOX_IMAGE] == 2

@@ -14,10 +14,16 @@ from kopflet.agent.runtime.instance_actions import (
     KillReason,
     PlanContext,
     ProbeVerdict,
+    expected_spec_hash,
     plan_instance_actions,
 )
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels, ContainerRole
-from kopflet.agent.runtime.records import ContainerRecord, RunState, observed_instance
+from kopflet.agent.runtime.records import (
+    ContainerRecord,
+    ObservedInstance,
+    RunState,
+    observed_instance,
+)
 from kopflet.agent.runtime.spec_hash import container_spec_hash, sandbox_spec_hash
 from kopflet.api import UID, Instance
 
@@ -94,8 +100,9 @@ def app(
     exit_code: int | None = None,
     started: float = NOW - 50,
     finished: float | None = None,
-    sandbox_id: str = "sb0",
+    sandbox_id: str | None = "sb0",
     grace: int = 7,
+    ip: str | None = None,
 ) -> ContainerRecord:
     return ContainerRecord(
         id=ContainerID(cid),
@@ -117,7 +124,8 @@ def app(
         started_at=started,
         finished_at=finished,
         exit_code=exit_code,
-        sandbox_id=ContainerID(sandbox_id),
+        sandbox_id=ContainerID(sandbox_id) if sandbox_id is not None else None,
+        ip=ip,
     )
 
 
@@ -366,3 +374,91 @@ def test_container_in_a_stale_sandbox_is_restarted_in_the_current_one() -> None:
     actions = plan_instance_actions(inst, observed_instance(UID_, records), context())
     assert [(s.id, s.reason) for s in actions.stop] == [("c1", KillReason.SANDBOX_CHANGED)]
     assert [(s.name, s.restart_count) for s in actions.start] == [("main", 1)]
+
+
+# -- one container, no sandbox ---------------------------------------------------------------
+
+
+def solo_hash(inst: Instance) -> str:
+    return expected_spec_hash(inst, "main", without_sandbox=True)
+
+
+def solo(inst: Instance, cid: str, **fields: Any) -> ContainerRecord:
+    fields.setdefault("spec_hash", solo_hash(inst))
+    running = fields.get("state", RunState.RUNNING) is RunState.RUNNING
+    return app(cid, sandbox_id=None, ip="10.244.1.9" if running else None, **fields)
+
+
+def test_new_instance_of_one_container_starts_it_without_a_sandbox() -> None:
+    inst = instance()
+    actions = plan_instance_actions(inst, ObservedInstance(uid=UID_), context())
+    assert actions.without_sandbox and actions.create_sandbox is None
+    assert [s.name for s in actions.start] == ["main"]
+
+
+def test_the_sandbox_less_hash_covers_hostname_and_host_ports() -> None:
+    inst = instance()
+    renamed = Instance.from_dict(
+        {**inst.to_dict(), "spec": {**inst.to_dict()["spec"], "hostname": "other"}}
+    )
+    assert solo_hash(inst) != solo_hash(renamed)
+    assert solo_hash(inst) != chash(inst)
+
+
+def test_running_container_without_a_sandbox_is_left_alone() -> None:
+    inst = instance()
+    observed = observed_instance(UID_, [solo(inst, "c1")])
+    actions = plan_instance_actions(inst, observed, context())
+    assert actions.is_empty and actions.without_sandbox
+    assert observed.instance_ip == "10.244.1.9"
+
+
+def test_a_changed_hostname_recreates_the_container_without_a_sandbox() -> None:
+    inst = instance()
+    renamed = Instance.from_dict(
+        {**inst.to_dict(), "spec": {**inst.to_dict()["spec"], "hostname": "other"}}
+    )
+    observed = observed_instance(UID_, [solo(inst, "c1")])
+    actions = plan_instance_actions(renamed, observed, context())
+    assert [(s.id, s.reason) for s in actions.stop] == [("c1", KillReason.SPEC_CHANGED)]
+    assert [(s.name, s.restart_count) for s in actions.start] == [("main", 1)]
+
+
+def test_a_container_left_in_a_removed_sandbox_restarts_holding_the_network() -> None:
+    inst = instance()
+    # The sandbox was removed behind the agent's back; its one container still runs.
+    observed = observed_instance(UID_, [app("c1", spec_hash=solo_hash(inst))])
+    actions = plan_instance_actions(inst, observed, context())
+    assert actions.without_sandbox
+    assert [(s.id, s.reason) for s in actions.stop] == [("c1", KillReason.SANDBOX_CHANGED)]
+    assert [s.name for s in actions.start] == ["main"]
+
+
+def test_an_instance_of_one_container_keeps_the_sandbox_it_has() -> None:
+    inst = instance()
+    observed = observed_instance(UID_, [sandbox(inst), app("c1", spec_hash=chash(inst))])
+    actions = plan_instance_actions(inst, observed, context())
+    assert actions.is_empty and not actions.without_sandbox
+
+
+def test_exited_container_without_a_sandbox_restarts_then_backs_off() -> None:
+    inst = instance()
+    dead = solo(inst, "c1", state=RunState.EXITED, exit_code=1, started=NOW - 6, finished=NOW - 1)
+    first = plan_instance_actions(inst, observed_instance(UID_, [dead]), context())
+    assert first.without_sandbox and [s.restart_count for s in first.start] == [1]
+    assert first.start[0].backoff is not None
+    key, entry = first.start[0].backoff
+    assert key == (UID_, "main", solo_hash(inst))
+    again = solo(
+        inst,
+        "c2",
+        attempt=1,
+        state=RunState.EXITED,
+        exit_code=1,
+        started=NOW - 2,
+        finished=NOW - 1,
+    )
+    later = plan_instance_actions(
+        inst, observed_instance(UID_, [again, dead]), context(backoff={key: entry})
+    )
+    assert later.start == () and [w.reason for w in later.waiting] == [CRASH_LOOP_BACK_OFF]

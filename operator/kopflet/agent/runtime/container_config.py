@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from kopflet.agent.runtime.container_runtime import ContainerRequest, Mount
+from kopflet.agent.runtime.container_runtime import ContainerRequest, Mount, NetworkAttachment
 from kopflet.agent.runtime.environment import ContainerConfigError, expand
 from kopflet.agent.runtime.labels import ContainerID, ContainerLabels
 from kopflet.api import Container, Instance, cpu_nanos, memory_bytes
@@ -118,7 +118,8 @@ def container_request(
     instance: Instance,
     container: Container,
     labels: ContainerLabels,
-    sandbox_id: ContainerID,
+    sandbox_id: ContainerID | None = None,
+    attachment: NetworkAttachment | None = None,
     env: Mapping[str, str],
     volume_paths: Mapping[str, str],
     policy: ContainerPolicy,
@@ -142,6 +143,7 @@ def container_request(
     return ContainerRequest(
         labels=labels,
         sandbox_id=sandbox_id,
+        attachment=attachment,
         image=container.image,
         entrypoint=command,
         args=tuple(expand(part, env) for part in args) if args is not None else None,

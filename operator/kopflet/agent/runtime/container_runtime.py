@@ -70,12 +70,32 @@ class SandboxRequest:
     ip: str | None = None
 
 
+class AddressInUse(RuntimeOperationError):
+    """The engine refused the instance's address: something else holds it on the network."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkAttachment:
+    """The instance's network held by the container itself (an instance without a sandbox):
+    what a sandbox would carry, on the container."""
+
+    network: str
+    ip: str
+    hostname: str
+    port_bindings: tuple[PortBinding, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ContainerRequest:
-    """One spec container, already translated to engine terms (see ``container_config``)."""
+    """One spec container, already translated to engine terms (see ``container_config``).
+
+    It joins the sandbox ``sandbox_id`` or, without a sandbox, holds the instance's network
+    as ``attachment`` says: exactly one of the two is set.
+    """
 
     labels: ContainerLabels
-    sandbox_id: ContainerID
+    sandbox_id: ContainerID | None = None
+    attachment: NetworkAttachment | None = None
     image: str
     #: The spec's ``command``: replaces the image entrypoint (and then drops its CMD).
     entrypoint: tuple[str, ...] | None = None
@@ -176,7 +196,9 @@ class ContainerRuntime(Protocol):
 
     async def create_container(self, request: ContainerRequest) -> ContainerID: ...
 
-    async def start_container(self, container_id: ContainerID) -> None: ...
+    async def start_container(self, container_id: ContainerID) -> None:
+        """Raises :class:`AddressInUse` when a container holding the instance's network
+        asked for an address the network gave to something else."""
 
     async def stop_container(self, container_id: ContainerID, *, grace_seconds: int) -> None:
         """The stop signal, then SIGKILL after ``grace_seconds``; a no-op if not running."""

@@ -32,6 +32,16 @@ def parse_docker_time(value: str | None) -> float | None:
     return datetime.fromisoformat(f"{head}.{digits or '0'}+00:00").timestamp()
 
 
+def _network_ip(settings: Mapping[str, Any] | None) -> str | None:
+    networks = (settings or {}).get("Networks") or {}
+    return next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+
+
+def listed_ip(summary: Mapping[str, Any]) -> str:
+    """The address of a running container as the engine's listing shows it, else empty."""
+    return _network_ip(summary.get("NetworkSettings")) or ""
+
+
 def record_from_inspect(data: Mapping[str, Any], labels: ContainerLabels) -> ContainerRecord:
     """The observed record of one container, from ``docker inspect`` output."""
     state = data.get("State") or {}
@@ -41,8 +51,7 @@ def record_from_inspect(data: Mapping[str, Any], labels: ContainerLabels) -> Con
         # A start the engine refused leaves the container "created" with the reason set;
         # for restart decisions that is a failed run, not a pending one.
         run_state = RunState.EXITED
-    networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
-    ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+    ip = _network_ip(data.get("NetworkSettings"))
     mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
     joined = mode.removeprefix("container:") if mode.startswith("container:") else None
     return ContainerRecord(

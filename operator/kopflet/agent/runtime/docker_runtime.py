@@ -24,6 +24,7 @@ import requests.exceptions
 
 from kopflet.agent.runtime import metrics
 from kopflet.agent.runtime.container_runtime import (
+    AddressInUse,
     ContainerConflict,
     ContainerRequest,
     EngineInfo,
@@ -38,7 +39,12 @@ from kopflet.agent.runtime.container_runtime import (
     RuntimeUnavailable,
     SandboxRequest,
 )
-from kopflet.agent.runtime.docker_records import event_from, record_from_inspect, run_state_of
+from kopflet.agent.runtime.docker_records import (
+    event_from,
+    listed_ip,
+    record_from_inspect,
+    run_state_of,
+)
 from kopflet.agent.runtime.labels import (
     INSTANCE_UID_LABEL,
     NODE_LABEL,
@@ -54,6 +60,8 @@ T = TypeVar("T")
 
 _MASQUERADE_OPTION: Final = "com.docker.network.bridge.enable_ip_masquerade"
 _BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
+#: libnetwork's IPAM refusing a fixed address another endpoint holds.
+_ADDRESS_IN_USE: Final = "Address already in use"
 
 
 class DockerRuntime:
@@ -171,6 +179,7 @@ class DockerRuntime:
                 id=ContainerID(summary["Id"]),
                 instance_uid=labels.instance_uid,
                 state=run_state_of(str(summary.get("State", ""))),
+                instance_ip=labels.instance_ip or listed_ip(summary),
             )
             for summary, labels in await self._listing(None)
         ]
@@ -237,12 +246,36 @@ class DockerRuntime:
         return container_id
 
     async def create_container(self, request: ContainerRequest) -> ContainerID:
+        api = self._api
         mounts = [
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
             for m in request.mounts
         ]
-        host_config = self._api.create_host_config(
-            network_mode=f"container:{request.sandbox_id}",
+        attachment = request.attachment
+        network: dict[str, Any]
+        if attachment is None:
+            network = {"network_mode": f"container:{request.sandbox_id}"}
+            holder: dict[str, Any] = {}
+        else:
+            # Without a sandbox the container holds the instance's network, its address,
+            # hostname and host ports itself: what the sandbox would have carried.
+            network = {
+                "network_mode": attachment.network,
+                "port_bindings": {
+                    f"{b.container_port}/{b.protocol}": (b.host_ip, b.host_port)
+                    for b in attachment.port_bindings
+                }
+                or None,
+            }
+            holder = {
+                "hostname": attachment.hostname,
+                "ports": [(b.container_port, b.protocol) for b in attachment.port_bindings] or None,
+                "networking_config": api.create_networking_config(
+                    {attachment.network: api.create_endpoint_config(ipv4_address=attachment.ip)}
+                ),
+            }
+        host_config = api.create_host_config(
+            **network,
             nano_cpus=request.nano_cpus,
             mem_limit=request.memory_bytes,
             # No swap: a memory limit must end in an OOM kill, not in swapping.
@@ -263,6 +296,7 @@ class DockerRuntime:
             working_dir=request.working_dir,
             user=request.user,
             host_config=host_config,
+            **holder,
         )
 
     async def _create(self, labels: ContainerLabels, **kwargs: Any) -> ContainerID:
@@ -290,7 +324,10 @@ class DockerRuntime:
         try:
             await self._call(self._api.start, container_id)
         except docker.errors.APIError as exc:
-            raise RuntimeOperationError(exc.explanation or str(exc)) from exc
+            message = str(exc.explanation or exc)
+            if _ADDRESS_IN_USE in message:
+                raise AddressInUse(message) from exc
+            raise RuntimeOperationError(message) from exc
 
     async def stop_container(self, container_id: ContainerID, *, grace_seconds: int) -> None:
         if not await self._require_ours(container_id):

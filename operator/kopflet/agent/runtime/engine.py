@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from loguru import logger
 
 from kopflet.agent.runtime import metrics
+from kopflet.agent.runtime.addresses import InstanceAddresses
 from kopflet.agent.runtime.backoff import BackoffTable
 from kopflet.agent.runtime.clock import Clock, SystemClock
 from kopflet.agent.runtime.config import RuntimeConfig
@@ -94,6 +95,10 @@ class RuntimeEngine:
         self._crash_backoff: BackoffTable[CrashKey] = BackoffTable()
         self._image_backoff: BackoffTable[PullKey] = BackoffTable()
         self._relister = Relister(runtime, self._clock)
+        #: Which address each instance holds; learnt from the first relist before any
+        #: worker may pick one.
+        self._addresses = InstanceAddresses(config.instance_subnet)
+        self._listed = asyncio.Event()
         # While the engine's event stream is open, events wake the syncs and the relist is
         # the backstop, slowed down (the kubelet's Evented PLEG); a broken stream or a
         # stream just (re)opened asks for a relist at once.
@@ -116,6 +121,7 @@ class RuntimeEngine:
             clock=self._clock,
             crash_backoff=self._crash_backoff,
             image_backoff=self._image_backoff,
+            addresses=self._addresses,
         )
         self.network: NetworkInfo | None = None
 
@@ -222,6 +228,7 @@ class RuntimeEngine:
                 failed = True
             else:
                 metrics.RELIST_DURATION.observe(self._clock.now() - started)
+                self._learn_addresses()
                 for uid in {e.instance_uid for e in events}:
                     self.wake(uid)
                 if self._desired_known.is_set():
@@ -243,6 +250,17 @@ class RuntimeEngine:
             slow = min(config.evented_relist_period_seconds, config.relist_threshold_seconds / 2)
             return max(config.relist_period_seconds, slow)
         return config.relist_period_seconds
+
+    def _learn_addresses(self) -> None:
+        """The addresses the listing shows held; those of instances with nothing left on
+        the engine and no worker are free again (a worker may hold one it just picked)."""
+        listed: set[UID] = set()
+        for state in self._relister.records.values():
+            listed.add(state.instance_uid)
+            self._addresses.observe(state.instance_uid, state.instance_ip)
+        for uid in self._addresses.uids() - listed - self._workers.keys():
+            self._addresses.release(uid)
+        self._listed.set()
 
     def _remove_orphan_volumes(self) -> None:
         keep = set(self._desired) | self._relister.instance_uids()
@@ -279,8 +297,10 @@ class RuntimeEngine:
     async def _worker(self, uid: UID) -> None:
         wake = self._wakeups.setdefault(uid, asyncio.Event())
         # A sandbox needs the instance network; creating one before it exists would fail,
-        # or worse, land on a stale network of another subnet.
+        # or worse, land on a stale network of another subnet. And no address is picked
+        # before the listing has told which are held.
         await self._network_ready.wait()
+        await self._listed.wait()
         failures = 0
         while True:
             wake.clear()
@@ -344,6 +364,7 @@ class RuntimeEngine:
         if desired is None and not observed.all:
             self._forget(uid)
             return True, None
+        self._addresses.observe(uid, observed.assigned_ip)
         ref = InstanceRef.of(desired) if desired is not None else _ref_from(observed)
         now = self._clock.now()
         actions = plan_instance_actions(
@@ -439,6 +460,7 @@ class RuntimeEngine:
         return True
 
     def _forget(self, uid: UID) -> None:
+        self._addresses.release(uid)
         self._volumes.remove(uid)
         self._probes.forget(uid)
         self._crash_backoff.forget(lambda key: key[0] == uid)

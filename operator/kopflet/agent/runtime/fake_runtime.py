@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from kopflet.agent.runtime.container_runtime import (
+    AddressInUse,
     ContainerConflict,
     ContainerRequest,
     EngineInfo,
@@ -53,6 +54,10 @@ class FakeRuntime:
         self.available = True
         self.network: NetworkInfo | None = None
         self._ips: list[str] = []
+        #: Containers that hold their instance's network, and the address each asked for
+        #: (empty: any free one), given at start and let go at exit, as Docker does.
+        self._holders: dict[ContainerID, str] = {}
+        self._squatted: set[str] = set()
         self._serial = 0
         self._subscribers: list[asyncio.Queue[RuntimeEvent | None]] = []
 
@@ -67,8 +72,13 @@ class FakeRuntime:
             exit_code=code,
             oom_killed=oom,
             finished_at=self._now(),
+            ip=None,
         )
         self._emit(EventKind.OOM if oom else EventKind.DIE, cid)
+
+    def squat(self, ip: str) -> None:
+        """Something not ours takes ``ip`` on the network: a start that asks for it fails."""
+        self._squatted.add(ip)
 
     def running(self, name: str | None = None) -> list[ContainerRecord]:
         return [
@@ -132,7 +142,12 @@ class FakeRuntime:
         self._check()
         self.state_listings += 1
         return [
-            ContainerState(id=r.id, instance_uid=r.instance_uid, state=r.state)
+            ContainerState(
+                id=r.id,
+                instance_uid=r.instance_uid,
+                state=r.state,
+                instance_ip=r.labels.instance_ip or r.ip or "",
+            )
             for r in self.containers.values()
         ]
 
@@ -158,19 +173,26 @@ class FakeRuntime:
         self.calls.append(("create-sandbox", request.labels.instance_name))
         if request.image not in self.images:
             raise RuntimeOperationError(f"No such image: {request.image}")
-        used = {r.ip for r in self.containers.values() if r.ip}
-        ip = next(a for a in self._ips if a not in used)
-        cid = self._add(request.labels, request.image, ip=ip)
+        cid = self._add(request.labels, request.image)
         self.requests[cid] = request
-        await self.start_container(cid)
+        self._holders[cid] = request.ip or ""
+        try:
+            await self.start_container(cid)
+        except RuntimeOperationError:
+            await self.remove_container(cid)
+            raise
         return cid
 
     async def create_container(self, request: ContainerRequest) -> ContainerID:
         self._check()
         self.calls.append(("create", request.labels.container_name))
-        if request.sandbox_id not in self.containers:
-            raise RuntimeOperationError("sandbox container is gone")
-        cid = self._add(request.labels, request.image, sandbox_id=request.sandbox_id)
+        if request.attachment is not None:
+            cid = self._add(request.labels, request.image)
+            self._holders[cid] = request.attachment.ip
+        else:
+            if request.sandbox_id not in self.containers:
+                raise RuntimeOperationError("sandbox container is gone")
+            cid = self._add(request.labels, request.image, sandbox_id=request.sandbox_id)
         self.requests[cid] = request
         return cid
 
@@ -180,8 +202,17 @@ class FakeRuntime:
         if record is None:
             raise RuntimeOperationError("no such container")
         self.calls.append(("start", record.name or "sandbox"))
+        ip = None
+        if container_id in self._holders:
+            used = {r.ip for r in self.containers.values() if r.ip} | self._squatted
+            ip = self._holders[container_id] or next(a for a in self._ips if a not in used)
+            if ip in used:
+                self.containers[container_id] = replace(
+                    record, state=RunState.EXITED, exit_code=128, error="Address already in use"
+                )
+                raise AddressInUse(f"failed to set up networking: Address already in use ({ip})")
         self.containers[container_id] = replace(
-            record, state=RunState.RUNNING, started_at=self._now()
+            record, state=RunState.RUNNING, started_at=self._now(), ip=ip
         )
         self._emit(EventKind.START, container_id)
 
@@ -200,6 +231,7 @@ class FakeRuntime:
         record = self.containers.pop(container_id, None)
         if record is not None:
             self.calls.append(("remove", record.name or "sandbox"))
+            self._holders.pop(container_id, None)
             self.names = {n: c for n, c in self.names.items() if c != container_id}
 
     async def logs_tail(self, container_id: ContainerID, *, lines: int) -> str:

@@ -21,8 +21,8 @@ from kopflet.agent.runtime.backoff import (
 )
 from kopflet.agent.runtime.labels import ContainerID
 from kopflet.agent.runtime.records import ContainerRecord, ObservedInstance, RunState
-from kopflet.agent.runtime.spec_hash import container_spec_hash, sandbox_spec_hash
-from kopflet.api import UID, Instance
+from kopflet.agent.runtime.spec_hash import container_spec_hash, sandbox_spec_hash, solo_spec_hash
+from kopflet.api import UID, Instance, InstanceSpec
 from kopflet.api.instance import DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
 
 #: Back-off is per (instance, container name, container spec hash): a new spec starts over.
@@ -103,6 +103,8 @@ class InstanceActions:
     completed: bool = False
     #: When a back-off expires: sync again then, even if nothing else happens.
     wake_at: float | None = None
+    #: The instance has no sandbox: its one container holds the network itself.
+    without_sandbox: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -181,6 +183,22 @@ def plan_instance_actions(
     return _plan_running_instance(desired, observed, context)
 
 
+def runs_without_sandbox(spec: InstanceSpec, observed: ObservedInstance) -> bool:
+    """One container needs no sandbox: it holds the instance's network itself, and the
+    engine runs one container, not two, for it. An instance that has a sandbox already
+    (made by an older agent, or while it had more containers) keeps it."""
+    return len(spec.containers) == 1 and not observed.sandboxes
+
+
+def expected_spec_hash(desired: Instance, name: str, *, without_sandbox: bool) -> str:
+    """The spec hash label a current container of ``name`` carries."""
+    container = desired.spec.container_named(name)
+    assert container is not None
+    if without_sandbox:
+        return solo_spec_hash(container, desired.spec, instance_name=desired.metadata.name or "")
+    return container_spec_hash(container)
+
+
 def _plan_running_instance(
     desired: Instance, observed: ObservedInstance, context: PlanContext
 ) -> InstanceActions:
@@ -225,25 +243,27 @@ def _plan_running_instance(
             stops.append(_stop(sandbox, KillReason.COMPLETED, "all containers terminated", 0))
         return InstanceActions(stop=tuple(stops), remove=tuple(removes), completed=True)
 
-    sandbox_hash = sandbox_spec_hash(spec, instance_name=desired.metadata.name or "")
-    sandbox_ok = (
-        sandbox is not None
-        and _running(sandbox)
-        and sandbox.labels.spec_hash == sandbox_hash
-        and bool(sandbox.ip)
-    )
-    if not sandbox_ok:
-        return _plan_new_sandbox(
-            desired, observed, sandbox_hash, stops=stops, removes=removes, policy=policy
+    solo = runs_without_sandbox(spec, observed)
+    if not solo:
+        sandbox_hash = sandbox_spec_hash(spec, instance_name=desired.metadata.name or "")
+        sandbox_ok = (
+            sandbox is not None
+            and _running(sandbox)
+            and sandbox.labels.spec_hash == sandbox_hash
+            and bool(sandbox.ip)
         )
-    assert sandbox is not None
+        if not sandbox_ok:
+            return _plan_new_sandbox(
+                desired, observed, sandbox_hash, stops=stops, removes=removes, policy=policy
+            )
+        assert sandbox is not None
 
     starts: list[ContainerStart] = []
     waiting: list[Waiting] = []
     wake_at: float | None = None
     for container in spec.containers:
         name = container.name
-        spec_hash = container_spec_hash(container)
+        spec_hash = expected_spec_hash(desired, name, without_sandbox=solo)
         key: CrashKey = (uid, name, spec_hash)
         latest = observed.latest(name)
         if latest is None:
@@ -258,7 +278,14 @@ def _plan_running_instance(
             )
             continue
         if latest.state is RunState.RUNNING:
-            if latest.labels.spec_hash != spec_hash or latest.sandbox_id != sandbox.id:
+            # Without a sandbox the container must hold the network itself, not sit in a
+            # sandbox that is gone.
+            moved = (
+                latest.sandbox_id is not None
+                if sandbox is None
+                else latest.sandbox_id != sandbox.id
+            )
+            if latest.labels.spec_hash != spec_hash or moved:
                 why = (
                     KillReason.SPEC_CHANGED
                     if latest.labels.spec_hash != spec_hash
@@ -316,6 +343,7 @@ def _plan_running_instance(
         start=tuple(starts),
         waiting=tuple(waiting),
         wake_at=wake_at,
+        without_sandbox=solo,
     )
 
 

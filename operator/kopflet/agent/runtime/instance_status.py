@@ -203,8 +203,7 @@ def compute_instance_status(
         ready,
     ):
         conditions = set_condition(conditions, condition, now=moment)
-    sandbox = observed.latest_sandbox
-    ip = sandbox.ip if sandbox is not None and sandbox.state is RunState.RUNNING else None
+    ip = observed.instance_ip
     return InstanceStatus(
         phase=phase,
         reason=_summary(instance, phase, statuses),

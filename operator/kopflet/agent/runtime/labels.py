@@ -30,6 +30,7 @@ CONTAINER_NAME_LABEL: Final = _PREFIX + "container-name"
 SPEC_HASH_LABEL: Final = _PREFIX + "spec-hash"
 RESTART_COUNT_LABEL: Final = _PREFIX + "restart-count"
 GRACE_PERIOD_LABEL: Final = _PREFIX + "termination-grace-period"
+INSTANCE_IP_LABEL: Final = _PREFIX + "instance-ip"
 
 
 class ContainerRole(StrEnum):
@@ -54,9 +55,12 @@ class ContainerLabels:
     #: 0 for the first container of a name (or sandbox), +1 for each restart.
     restart_count: int
     grace_period_seconds: int
+    #: The address the instance holds on the node's network, chosen by the agent before
+    #: the create (empty on containers of older agents, which let the engine choose).
+    instance_ip: str = ""
 
     def render(self) -> dict[str, str]:
-        return {
+        labels = {
             ROLE_LABEL: self.role.value,
             NODE_LABEL: self.node,
             INSTANCE_UID_LABEL: self.instance_uid,
@@ -67,6 +71,9 @@ class ContainerLabels:
             RESTART_COUNT_LABEL: str(self.restart_count),
             GRACE_PERIOD_LABEL: str(self.grace_period_seconds),
         }
+        if self.instance_ip:
+            labels[INSTANCE_IP_LABEL] = self.instance_ip
+        return labels
 
     @classmethod
     def parse(cls, labels: Mapping[str, str] | None) -> ContainerLabels | None:
@@ -87,6 +94,7 @@ class ContainerLabels:
                 spec_hash=labels[SPEC_HASH_LABEL],
                 restart_count=int(labels[RESTART_COUNT_LABEL]),
                 grace_period_seconds=int(labels[GRACE_PERIOD_LABEL]),
+                instance_ip=labels.get(INSTANCE_IP_LABEL, ""),
             )
         except (KeyError, ValueError):
             return None

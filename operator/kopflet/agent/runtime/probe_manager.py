@@ -50,8 +50,7 @@ class ProbeManager:
         self._on_result(key, ok, message)
 
     def sync(self, instance: Instance, observed: ObservedInstance) -> None:
-        sandbox = observed.latest_sandbox
-        ip = sandbox.ip if sandbox is not None and sandbox.state is RunState.RUNNING else None
+        ip = observed.instance_ip
         wanted: dict[ProbeKey, tuple[Probe, Container, float]] = {}
         running = set()
         for record in observed.containers:

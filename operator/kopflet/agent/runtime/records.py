@@ -28,6 +28,8 @@ class ContainerState:
     id: ContainerID
     instance_uid: UID
     state: RunState
+    #: The instance's address: its label, or what the engine gave a running container.
+    instance_ip: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,9 +48,10 @@ class ContainerRecord:
     oom_killed: bool = False
     #: The engine's explanation when a start failed (bad command, missing mount...).
     error: str = ""
-    #: Sandbox only: the instance IP on the node's instance network.
+    #: A container holding the instance's network, while it runs: the instance IP.
     ip: str | None = None
-    #: App containers only: the sandbox whose network namespace they joined.
+    #: App containers in a sandbox: the sandbox whose network namespace they joined.
+    #: ``None`` for the one container of an instance without a sandbox.
     sandbox_id: ContainerID | None = None
 
     @property
@@ -66,6 +69,11 @@ class ContainerRecord:
     @property
     def is_sandbox(self) -> bool:
         return self.labels.role is ContainerRole.SANDBOX
+
+    @property
+    def holds_network(self) -> bool:
+        """A sandbox, or the container of an instance without one: it has the address."""
+        return self.is_sandbox or self.sandbox_id is None
 
     @property
     def run_seconds(self) -> float:
@@ -93,6 +101,26 @@ class ObservedInstance:
     @property
     def latest_sandbox(self) -> ContainerRecord | None:
         return self.sandboxes[0] if self.sandboxes else None
+
+    @property
+    def instance_ip(self) -> str | None:
+        """The address of the running container that holds the instance's network."""
+        holders = (*self.sandboxes[:1], *(c for c in self.containers if c.holds_network))
+        return next(
+            (r.ip for r in holders if r.state is RunState.RUNNING and r.ip),
+            None,
+        )
+
+    @property
+    def assigned_ip(self) -> str:
+        """The address the instance holds or will hold again: the newest label naming one,
+        else what the engine gave a running holder (containers of older agents)."""
+        labelled = max(
+            (r for r in self.all if r.labels.instance_ip),
+            key=lambda r: r.created_at,
+            default=None,
+        )
+        return labelled.labels.instance_ip if labelled else self.instance_ip or ""
 
     def history(self, name: str) -> tuple[ContainerRecord, ...]:
         """The containers run for spec container ``name``, newest first."""

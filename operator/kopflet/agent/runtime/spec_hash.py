@@ -31,3 +31,14 @@ def sandbox_spec_hash(spec: InstanceSpec, *, instance_name: str) -> str:
         if p.host_port
     )
     return _digest({"hostname": spec.hostname or instance_name, "hostPorts": host_ports})
+
+
+def solo_spec_hash(container: Container, spec: InstanceSpec, *, instance_name: str) -> str:
+    """The one container of an instance without a sandbox carries what the sandbox would
+    have (hostname, host ports): a change to either recreates it."""
+    return _digest(
+        {
+            "container": container_spec_hash(container),
+            "sandbox": sandbox_spec_hash(spec, instance_name=instance_name),
+        }
+    )

@@ -10,15 +10,19 @@ gets a waiting reason for the status, and the next pass tries again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
+from kopflet.agent.runtime.addresses import InstanceAddresses, SubnetExhausted
 from kopflet.agent.runtime.backoff import BackoffTable, next_entry
 from kopflet.agent.runtime.clock import Clock
 from kopflet.agent.runtime.config import RuntimeConfig
 from kopflet.agent.runtime.container_config import ContainerPolicy, container_request
 from kopflet.agent.runtime.container_runtime import (
+    AddressInUse,
     ContainerRuntime,
     ImagePullError,
+    NetworkAttachment,
     PortBinding,
     RuntimeOperationError,
     SandboxRequest,
@@ -43,11 +47,11 @@ from kopflet.agent.runtime.instance_actions import (
     InstanceActions,
     SandboxCreate,
     Waiting,
+    expected_spec_hash,
 )
 from kopflet.agent.runtime.labels import ContainerLabels, ContainerRole
 from kopflet.agent.runtime.records import ContainerRecord, ObservedInstance
 from kopflet.agent.runtime.reporting import EventType, InstanceRef, RuntimeReporter
-from kopflet.agent.runtime.spec_hash import container_spec_hash
 from kopflet.agent.runtime.volumes import InstanceVolumes
 from kopflet.api import Container, Instance
 from kopflet.api.instance import DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
@@ -110,8 +114,10 @@ class InstanceSyncer:
         clock: Clock,
         crash_backoff: BackoffTable[CrashKey],
         image_backoff: BackoffTable[PullKey],
+        addresses: InstanceAddresses,
     ) -> None:
         self._runtime = runtime
+        self._addresses = addresses
         self._config = config
         self._volumes = volumes
         self._resolver = resolver
@@ -146,10 +152,15 @@ class InstanceSyncer:
                 result.record(3, "remove", container_id[:12], False, str(exc))
         if instance is None or not (actions.create_sandbox or actions.start):
             return result
-        sandbox = observed.latest_sandbox
-        if actions.create_sandbox is not None:
-            sandbox = await self._create_sandbox(instance, actions.create_sandbox, ref, result)
-        if sandbox is None or not sandbox.ip:
+        sandbox: ContainerRecord | None = None
+        if actions.without_sandbox:
+            ip = self._address(ref, result)
+        else:
+            sandbox = observed.latest_sandbox
+            if actions.create_sandbox is not None:
+                sandbox = await self._create_sandbox(instance, actions.create_sandbox, ref, result)
+            ip = sandbox.ip if sandbox is not None else None
+        if not ip:
             for start in actions.start:
                 result.waiting[start.name] = Waiting(
                     name=start.name, reason="ContainerCreating", message="sandbox not ready"
@@ -162,8 +173,29 @@ class InstanceSyncer:
                 self._config_error(start.name, str(exc), ref, result)
             return result
         for start in actions.start:
-            await self._start(instance, start, sandbox, paths, ref, result)
+            await self._start(instance, start, sandbox, ip, paths, ref, result)
         return result
+
+    def _address(self, ref: InstanceRef, result: SyncResult) -> str | None:
+        """The instance's address on the node's network, picked now if it has none."""
+        try:
+            return self._addresses.address_for(ref.uid)
+        except SubnetExhausted as exc:
+            result.record(4, "address", ref.name, False, str(exc))
+            result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
+            self._event(ref, "Warning", "FailedCreateSandbox", f"Failed to create sandbox: {exc}")
+            return None
+
+    def _address_refused(
+        self, ref: InstanceRef, ip: str, exc: AddressInUse, result: SyncResult
+    ) -> None:
+        # Something that is not ours holds the address on the network: the instance gets
+        # another one on the next pass, which comes soon.
+        self._addresses.refused(ref.uid, ip)
+        result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
+        self._event(
+            ref, "Warning", "FailedCreateSandbox", f"Address {ip} is taken, another follows: {exc}"
+        )
 
     async def _stop(
         self, step: int, stop: ContainerStop, ref: InstanceRef, result: SyncResult
@@ -181,6 +213,9 @@ class InstanceSyncer:
         self, instance: Instance, create: SandboxCreate, ref: InstanceRef, result: SyncResult
     ) -> ContainerRecord | None:
         config = self._config
+        ip = self._address(ref, result)
+        if ip is None:
+            return None
         try:
             if not self._sandbox_image_present:
                 if await self._runtime.image_info(config.sandbox_image) is None:
@@ -188,15 +223,18 @@ class InstanceSyncer:
                 self._sandbox_image_present = True
             container_id = await self._runtime.create_sandbox(
                 SandboxRequest(
-                    labels=self._labels(instance, ContainerRole.SANDBOX, "", create),
+                    labels=self._labels(instance, ContainerRole.SANDBOX, "", create, ip=ip),
                     image=config.sandbox_image,
                     command=config.sandbox_command,
                     network=config.network_name,
                     hostname=instance.spec.hostname or ref.name,
                     port_bindings=_host_ports(instance),
+                    ip=ip,
                 )
             )
         except RuntimeOperationError as exc:
+            if isinstance(exc, AddressInUse):
+                self._addresses.refused(ref.uid, ip)
             self._sandbox_image_present = False
             result.record(4, "create-sandbox", ref.name, False, str(exc))
             result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
@@ -212,6 +250,8 @@ class InstanceSyncer:
         name: str,
         what: SandboxCreate | ContainerStart,
         spec_hash: str = "",
+        *,
+        ip: str,
     ) -> ContainerLabels:
         meta, spec = instance.metadata, instance.spec
         assert meta.uid is not None
@@ -228,6 +268,7 @@ class InstanceSyncer:
             grace_period_seconds=DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
             if grace is None
             else grace,
+            instance_ip=ip,
         )
 
     def _config_error(self, name: str, message: str, ref: InstanceRef, result: SyncResult) -> None:
@@ -292,7 +333,8 @@ class InstanceSyncer:
         self,
         instance: Instance,
         start: ContainerStart,
-        sandbox: ContainerRecord,
+        sandbox: ContainerRecord | None,
+        ip: str,
         paths: dict[str, str],
         ref: InstanceRef,
         result: SyncResult,
@@ -307,13 +349,19 @@ class InstanceSyncer:
             namespace=ref.namespace,
             uid=ref.uid,
             node_name=self._config.node_name,
-            instance_ip=sandbox.ip or "",
+            instance_ip=ip,
             host_ip=self._config.host_ip,
             labels=instance.metadata.labels or {},
             annotations=instance.metadata.annotations or {},
         )
+        without_sandbox = sandbox is None
         labels = self._labels(
-            instance, ContainerRole.APP, start.name, start, container_spec_hash(container)
+            instance,
+            ContainerRole.APP,
+            start.name,
+            start,
+            expected_spec_hash(instance, start.name, without_sandbox=without_sandbox),
+            ip=ip,
         )
         try:
             env = resolve_env(container, resolver=self._resolver, facts=facts)
@@ -321,7 +369,15 @@ class InstanceSyncer:
                 instance=instance,
                 container=container,
                 labels=labels,
-                sandbox_id=sandbox.id,
+                sandbox_id=sandbox.id if sandbox is not None else None,
+                attachment=None
+                if sandbox is not None
+                else NetworkAttachment(
+                    network=self._config.network_name,
+                    ip=ip,
+                    hostname=instance.spec.hostname or ref.name,
+                    port_bindings=_host_ports(instance),
+                ),
                 env=env,
                 volume_paths=paths,
                 policy=ContainerPolicy(
@@ -348,6 +404,13 @@ class InstanceSyncer:
             self._crash_backoff.put(*start.backoff)
         try:
             await self._runtime.start_container(container_id)
+        except AddressInUse as exc:
+            # Never ran: not a failure of the container's, so no restart is spent on it.
+            result.record(5, "start", start.name, False, str(exc))
+            self._address_refused(ref, ip, exc, result)
+            with contextlib.suppress(RuntimeOperationError):
+                await self._runtime.remove_container(container_id)
+            return
         except RuntimeOperationError as exc:
             result.record(5, "start", start.name, False, str(exc))
             self._event(ref, "Warning", "Failed", f"Error: {exc}")

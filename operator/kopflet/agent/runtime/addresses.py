@@ -1,0 +1,89 @@
+"""Which address of the node's instance subnet each instance holds (host-local IPAM).
+
+The agent picks an instance's address before its first container is created, and every
+later container that holds the instance's network (a replaced sandbox, or the one
+container of an instance without a sandbox, restarted) asks the engine for that same
+address. So the instance IP is known before a create (``status.podIP`` in the
+environment) and stays the same across restarts, like a pod's.
+
+Nothing is kept on disk: every container we create carries its instance's address in a
+label, and the relist's listing hands those back (with the addresses the engine gave
+sandboxes of older agents), so a restarted agent learns the book again before it picks
+anything. New addresses are taken round-robin from the last one picked, like CNI's
+host-local IPAM: an address just let go is the last to be reused, after conntrack and
+the proxies' endpoints have forgotten it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from kopflet.agent.runtime.container_runtime import RuntimeOperationError
+from kopflet.api import UID
+
+
+class SubnetExhausted(RuntimeOperationError):
+    """Every address of the node's instance subnet is held."""
+
+
+class InstanceAddresses:
+    def __init__(self, subnet: str) -> None:
+        network = ipaddress.ip_network(subnet)
+        hosts = [str(h) for h in network.hosts()]
+        #: The first address is the bridge's (the instances' gateway).
+        self._pool = hosts[1:]
+        self._in_pool = frozenset(self._pool)
+        self._by_uid: dict[UID, str] = {}
+        self._holders: dict[str, UID] = {}
+        #: Addresses something not ours holds on the network (a start was refused).
+        self._foreign: set[str] = set()
+        self._cursor = 0
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    def uids(self) -> set[UID]:
+        return set(self._by_uid)
+
+    def get(self, uid: UID) -> str | None:
+        return self._by_uid.get(uid)
+
+    def observe(self, uid: UID, ip: str) -> None:
+        """The engine shows ``uid`` holding (or labelled with) ``ip``."""
+        if not ip or self._by_uid.get(uid) == ip:
+            return
+        if ip not in self._holders and ip in self._in_pool:
+            self._assign(uid, ip)
+
+    def address_for(self, uid: UID) -> str:
+        """The instance's address, picked now if it has none."""
+        held = self._by_uid.get(uid)
+        if held is not None:
+            return held
+        size = len(self._pool)
+        for step in range(size):
+            candidate = self._pool[(self._cursor + step) % size]
+            if candidate not in self._holders and candidate not in self._foreign:
+                self._cursor = (self._cursor + step + 1) % size
+                self._assign(uid, candidate)
+                return candidate
+        raise SubnetExhausted(f"no free address in the instance subnet ({size} addresses)")
+
+    def release(self, uid: UID) -> None:
+        """Nothing of the instance is left on the engine: its address is free again."""
+        ip = self._by_uid.pop(uid, None)
+        if ip is not None:
+            self._holders.pop(ip, None)
+
+    def refused(self, uid: UID, ip: str) -> None:
+        """The engine said ``ip`` is taken by something else: ``uid`` gets another one."""
+        self._foreign.add(ip)
+        if self._by_uid.get(uid) == ip:
+            self.release(uid)
+
+    def _assign(self, uid: UID, ip: str) -> None:
+        old = self._by_uid.get(uid)
+        if old is not None:
+            self._holders.pop(old, None)
+        self._by_uid[uid] = ip
+        self._holders[ip] = uid
