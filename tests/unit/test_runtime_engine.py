@@ -13,12 +13,19 @@ import pytest
 
 from kopflet.agent.runtime.backoff import BackoffPolicy
 from kopflet.agent.runtime.config import RuntimeConfig
-from kopflet.agent.runtime.container_runtime import ContainerRequest, ExecResult, ImageInfo
+from kopflet.agent.runtime.container_runtime import (
+    ContainerRequest,
+    ExecResult,
+    ImageInfo,
+    SandboxRequest,
+)
 from kopflet.agent.runtime.engine import RuntimeEngine
 from kopflet.agent.runtime.fake_runtime import FakeRuntime
+from kopflet.agent.runtime.labels import ContainerLabels, ContainerRole
 from kopflet.agent.runtime.records import ContainerState
 from kopflet.agent.runtime.reporting import EventType, InstanceRef
-from kopflet.api import Instance, InstanceStatus, Timestamp
+from kopflet.agent.runtime.spec_hash import container_spec_hash, sandbox_spec_hash
+from kopflet.api import UID, Instance, InstanceStatus, Timestamp
 
 pytestmark = pytest.mark.unit
 
@@ -504,3 +511,73 @@ def test_the_relist_slows_down_while_the_event_stream_is_open(tmp_path: Path) ->
         assert h.engine.relist_period() == 0.05
 
     asyncio.run(h.run(scenario))
+
+
+def test_an_older_agents_sandbox_is_kept_and_its_address_never_given_away(
+    tmp_path: Path,
+) -> None:
+    """An upgrade: the engine holds a sandbox and its container from an agent that let the
+    engine pick the address and labelled neither with it."""
+    runtime = FakeRuntime(now=time.time, images=(IMAGE, SANDBOX_IMAGE))
+    old = make_instance("old")
+    main = old.spec.container_named("main")
+    assert main is not None
+
+    def labels(role: ContainerRole, name: str, spec_hash: str) -> ContainerLabels:
+        return ContainerLabels(
+            role=role,
+            node="node-a",
+            instance_uid=UID("uid-old"),
+            instance_name="old",
+            instance_namespace="default",
+            container_name=name,
+            spec_hash=spec_hash,
+            restart_count=0,
+            grace_period_seconds=3,
+        )
+
+    async def older_agent() -> tuple[str, str]:
+        await runtime.ensure_network(name="kopflet", subnet="10.244.1.0/24", bridge_name="b")
+        sandbox = await runtime.create_sandbox(
+            SandboxRequest(
+                labels=labels(
+                    ContainerRole.SANDBOX, "", sandbox_spec_hash(old.spec, instance_name="old")
+                ),
+                image=SANDBOX_IMAGE,
+                command=("sleep", "1000"),
+                network="kopflet",
+                hostname="old",
+            )
+        )
+        app = await runtime.create_container(
+            ContainerRequest(
+                labels=labels(ContainerRole.APP, "main", container_spec_hash(main)),
+                sandbox_id=sandbox,
+                image=IMAGE,
+            )
+        )
+        await runtime.start_container(app)
+        return sandbox, app
+
+    sandbox, app = asyncio.run(older_agent())
+    [held] = [r.ip for r in runtime.running() if r.is_sandbox]
+
+    async def scenario(h: Harness) -> None:
+        calls_before = len(h.runtime.calls)
+        h.engine.set_desired([make_instance("new"), old])
+        await h.until(lambda: h.phase("new") == "Running" and h.phase("old") == "Running")
+        await asyncio.sleep(0.3)
+        # The old instance runs on in its sandbox, untouched, with its address.
+        assert {r.id for r in h.runtime.running() if r.labels.instance_name == "old"} == {
+            sandbox,
+            app,
+        }
+        assert [c for c in h.runtime.calls[calls_before:] if c[0] in ("stop", "remove")] == []
+        status = h.reporter.last("old")
+        assert status is not None and status.instance_ip == held
+        # The new one got another address at the first try.
+        [new] = [r for r in h.runtime.running() if r.labels.instance_name == "new"]
+        assert new.ip != held and new.ip == new.labels.instance_ip
+        assert "FailedCreateSandbox" not in [r for n, r, _ in h.reporter.events if n == "new"]
+
+    asyncio.run(Harness(tmp_path, runtime=runtime).run(scenario))
