@@ -52,7 +52,9 @@ class InstanceAddresses:
         """The engine shows ``uid`` holding (or labelled with) ``ip``."""
         if not ip or self._by_uid.get(uid) == ip:
             return
-        if ip not in self._holders and ip in self._in_pool:
+        # An address given up (the engine refused it) stays given up, even though older
+        # containers of the instance still carry it in their label.
+        if ip not in self._holders and ip in self._in_pool and ip not in self._foreign:
             self._assign(uid, ip)
 
     def address_for(self, uid: UID) -> str:
