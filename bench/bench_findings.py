@@ -14,43 +14,38 @@ phase, Instances created at a steady pace on nodes that already hold 100 each (C
 over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
 180 s). Here the pace is 1 a second over 3 nodes. The bursts keep the p50 overhead target and
 miss it, for three causes, measured:
-(a) An Instance is two containers -- the sandbox holding its network namespace (the pod's pause
-container) and the app -- where the baseline is one, and the engines share two cores: the
-machine's CPU per Instance is 1.4-2.0 times a bare container's (#2 lines, and #2 below).
+(a) In a burst the engines and the control plane share two cores, so every ms of CPU an
+Instance costs beyond a bare container delays the rest of the burst. An Instance of one
+container is now one container on the engine, as bare `docker run` is (no sandbox,
+docs/RUNTIME.md), and what is left beyond it is the control plane: ~100-135 ms of CPU per
+Instance at 30 (API server and etcd ~40-50 ms for ~9 requests, the agents ~37, the controller
+~13; #2 and #7 lines), against ~440-650 ms for the whole bare container. At 30 at once that
+is the 1.2-2 s by which our p50 trails, with the Instance's path through the API (create,
+watch, bind, watch, status, watch) on top. Bound -> Ready alone is within ~0.5-1.5 s of bare.
 (b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
 counted from its burst's start is printed beside it; #2 compares the bursts as wholes.
-(c) Binding waits for CPU: created -> bound is printed with the p50 (12-31 s median at 300,
-under 1 s at 30). The controller used only ~15 ms of CPU per Instance; a py-spy profile of it
-during a 300 burst shows its event loop runnable most of the time -- kopf's per-event
-processing 32% of samples, kopf indexing 18%, of which re-parsing the whole Instance on every
-event (`parse_instance` -> `Model.from_dict`) 8%, the leader-election renewal thread 13% --
-i.e. starved of CPU, not spinning. An agent profiled in a burst waits on the Engine API
-(create, start, inspect). All at once, Docker alone cannot start 300 in 5 s here either: the
-bare burst of 300 takes 62-81 s.""",
+(c) Binding waits for CPU: created -> bound is printed with the p50 (~20 s at 300, 0.4-1.5 s
+at 30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load).
+The controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300
+burst shows its event loop runnable most of the time -- kopf's per-event processing 32% of
+samples, kopf indexing 18%, the leader-election renewal thread 13% -- i.e. starved of CPU,
+not spinning. All at once, Docker alone cannot start 300 in 5 s here either: the bare burst
+of 300 takes 62-98 s.""",
     "2": """\
 **#2 throughput.** The two cores are the bound: both bursts keep them busy, and the wall-time
 ratio follows the ratio of the machine's CPU per Instance to its CPU per bare container (both
-on the line). Per process, from /proc before and after a 300 burst of each on an otherwise
-idle machine, in ms of CPU per Instance against per bare container: containerd-shim (with
-the runc it runs) 194 vs 106, dockerd (with its children) 235 vs 194, the containers' own
-runc init 80 vs 27, containerd 34 vs 18, the agents, controller and bench client 52 vs 9, the
-API server and etcd 41 vs 14 -- 726 vs 415 in all (ratio 1.75; wall time 110 vs 62 s). So the
-second container, the app beside the sandbox, costs ~190 ms of the machine (its shim, runc,
-containerd, and dockerd's create and start), and our control plane ~70 ms. Both sides pay
-what a container on a user-defined network costs dockerd: it re-executes itself twice and runs
-~10 `iptables` commands in every new network namespace for its embedded DNS, ~185 ms of child
-processes per sandbox or bare container. Without the second container the ratio would be about
-1.3; that needs a pod model in which a single-container Instance runs without a sandbox, its
-container holding the IP -- the planner, status, probes and crash recovery all assume the
-sandbox, so it is not done. Done and measured before: our requests to the engine were cut (a
-listing costs dockerd ~0.14 ms of CPU per container; the relist now slows to 30 s while
-Docker's event stream is open and the resync is 60 s, the kubelet's Evented PLEG and
-`--sync-frequency`): per Instance dockerd went from 97 to 82 ms and the agents from 63 to 47
-ms, and the ratio did not move. Also tried, no change: fewer Engine API requests per Instance,
-the API token read once a minute, scopes counted per Instance, at most 8 creates at a time per
-engine.""",
+on the line). Per process, from /proc before and after a 300 burst of each, when an Instance
+was still a sandbox and an app container: containerd-shim (with the runc it runs) 194 vs 106
+ms, dockerd (with its children) 235 vs 194, the containers' own runc init 80 vs 27,
+containerd 34 vs 18, the agents, controller and bench client 52 vs 9, the API server and
+etcd 41 vs 14 -- 726 vs 415 in all (ratio 1.75, wall time 1.76). The second container cost
+~190 ms of that; an Instance of one container now runs without a sandbox, its container
+holding the address the agent picked (docs/RUNTIME.md), which took the ratio at 300 from
+1.8-2.0 to about 1 (the line above). What remains is our control plane, ~100 ms per
+Instance. The bare side's own figure swings between runs (62-98 s for 300), and with it the
+ratio.""",
     "3": """\
 **#3 proxy sync.** The tools set the floor, and the bare tool's own time on the very texts we
 applied is the baseline on each line. nftables: services are map entries, so a full sync of

@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sandbox-image",
-        help=f"image of the container holding each instance's network namespace "
-        f"(default: a local {LOCAL_SANDBOX_REPOSITORY} image, else "
-        f"{FALLBACK_SANDBOX_IMAGE}); it must have `sleep`",
+        help=f"image of the sandbox holding the network namespace of an instance of several "
+        f"containers; one container holds its own (default: a local "
+        f"{LOCAL_SANDBOX_REPOSITORY} image, else {FALLBACK_SANDBOX_IMAGE}); it must have `sleep`",
     )
     p.add_argument(
         "--state-dir",
