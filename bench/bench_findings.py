@@ -20,8 +20,8 @@ container is now one container on the engine, as bare `docker run` is (no sandbo
 docs/RUNTIME.md), and what is left beyond it is the control plane: ~100-135 ms of CPU per
 Instance at 30 (API server and etcd ~40-50 ms for ~9 requests, the agents ~37, the controller
 ~13; #2 and #7 lines), against ~440-650 ms for the whole bare container. At 30 at once that
-is the 1.2-2 s by which our p50 trails, with the Instance's path through the API (create,
-watch, bind, watch, status, watch) on top. Bound -> Ready alone is within ~0.5-1.5 s of bare.
+is the 1.0-2.0 s by which our p50 trails, with the Instance's path through the API (create,
+watch, bind, watch, status, watch) on top: bound -> Ready alone is within 0-1.5 s of bare.
 (b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
@@ -58,7 +58,11 @@ first sync ~1.6-1.7 s (its render has no cache yet); when other work takes the s
 the fills no longer run side by side and the figure moves back towards the bare one.
 `iptables-nft-restore` 1.8.9 reads the whole ruleset first (~60 ms for a one-chain text at
 1,000 x 10) and a bare restore of 2,000 x 10 did not finish in 10 minutes, so iptables mode
-is not run at 10,000 (docs/PROXY.md, Requirements and limits).""",
+is not run at 10,000 (docs/PROXY.md, Requirements and limits). That read is also the floor of
+iptables' one-endpoint change at 1,000 x 10: the partial sync is one restore of two chains
+(~4 KB), which alone took 45-77 ms in a profiled run, and our tracker, conversion and render
+add 10-20 ms. Its p99 is the largest of five samples, so one slow restore on the shared
+machine decides it: 85-104 ms over the last runs, p50 62-87 ms.""",
     "4": """\
 **#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
