@@ -70,6 +70,16 @@ def test_containers_share_the_instance_network_and_the_node_reaches_it(
     run_in_netns(node.netns_path, scenario, timeout=90)
 
 
+async def running_ip(agent: Agent, inst: Instance) -> str:
+    """Runs the one instance on the agent; its IP once it is Running."""
+    name = inst.metadata.name or ""
+    agent.engine.set_desired([inst])
+    await until(lambda: agent.phase(name) == "Running", seconds=30, message=f"{name} running")
+    status = agent.reporter.last(name)
+    assert status is not None and status.instance_ip
+    return status.instance_ip
+
+
 async def http_get(host: str, port: int) -> str:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
     writer.write(b"GET / HTTP/1.0\r\n\r\n")
@@ -104,11 +114,7 @@ def test_one_container_holds_the_instance_network_itself_and_keeps_its_ip(
 
     async def scenario() -> None:
         async with Agent(node, name="solo", volumes_dir=tmp_path) as agent:
-            agent.engine.set_desired([inst])
-            await until(lambda: agent.phase("solo") == "Running", seconds=30, message="running")
-            status = agent.reporter.last("solo")
-            assert status is not None and status.instance_ip
-            ip = status.instance_ip
+            ip = await running_ip(agent, inst)
             # One container on the engine, no sandbox: it holds the address the agent chose.
             [record] = await agent.records("uid-solo")
             assert not record.is_sandbox and record.sandbox_id is None
@@ -142,6 +148,39 @@ def test_one_container_holds_the_instance_network_itself_and_keeps_its_ip(
             assert last is not None and last.instance_ip == ip
 
     run_in_netns(node.netns_path, scenario, timeout=90)
+
+
+def test_a_changed_hostname_replaces_the_container_on_the_same_ip(
+    node: DockerNode, tmp_path: Path
+) -> None:
+    """Stop and start in one pass: the engine may still hold the old container's address
+    when the new one asks for it; the address stays the instance's all the same."""
+    serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"
+    spec = {"containers": [{"name": "main", "image": IMAGE, "command": sh(serve)}]}
+    first = instance("named", node="rename", hostname="before", **spec)
+    second = instance("named", node="rename", hostname="after", **spec)
+
+    async def scenario() -> None:
+        async with Agent(node, name="rename", volumes_dir=tmp_path) as agent:
+            ip = await running_ip(agent, first)
+            assert await until(lambda: _answer(ip, 8080), seconds=10, message="up") == "before"
+            agent.engine.put(second)
+            served = await until(
+                lambda: _renamed(ip),
+                seconds=30,
+                message="the new hostname served on the same IP",
+            )
+            assert served == "after"
+            [record] = await agent.running("uid-named", "main")
+            assert record.ip == record.labels.instance_ip == ip
+            assert record.restart_count == 1
+
+    run_in_netns(node.netns_path, scenario, timeout=90)
+
+
+async def _renamed(ip: str) -> str:
+    answer = await _answer(ip, 8080)
+    return answer if answer == "after" else ""
 
 
 async def _answer(host: str, port: int) -> str:

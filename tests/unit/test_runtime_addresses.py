@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kopflet.agent.runtime.addresses import InstanceAddresses, SubnetExhausted
+from kopflet.agent.runtime.addresses import FOREIGN_SECONDS, InstanceAddresses, SubnetExhausted
 from kopflet.api import UID
 
 pytestmark = pytest.mark.unit
@@ -43,10 +43,13 @@ def test_learnt_addresses_are_never_picked_for_another_instance() -> None:
     assert book.uids() == {A, B, C}
 
 
-def test_an_address_the_engine_refuses_is_given_up_for_good() -> None:
-    book = InstanceAddresses("10.244.1.0/24")
+def test_an_address_the_engine_refuses_twice_is_given_up_for_a_while() -> None:
+    now = [1000.0]
+    book = InstanceAddresses("10.244.1.0/24", clock=lambda: now[0])
     ip = book.address_for(A)
-    book.refused(A, ip)
+    assert book.refused(A, ip) is False  # maybe let go of late: asked again
+    assert book.get(A) == ip
+    assert book.refused(A, ip) is True
     assert book.get(A) is None
     book.observe(A, ip)  # an older container of a's still carries it in its label
     assert book.get(A) is None
@@ -54,3 +57,16 @@ def test_an_address_the_engine_refuses_is_given_up_for_good() -> None:
     book.release(A)
     for uid in (B, C, D):
         assert book.address_for(uid) != ip
+    # After a while it is tried again.
+    now[0] += FOREIGN_SECONDS
+    book.observe(UID("e"), ip)
+    assert book.get(UID("e")) == ip
+
+
+def test_an_address_given_between_two_refusals_starts_the_count_again() -> None:
+    book = InstanceAddresses("10.244.1.0/24")
+    ip = book.address_for(A)
+    assert book.refused(A, ip) is False
+    book.accepted(A)
+    assert book.refused(A, ip) is False
+    assert book.get(A) == ip

@@ -17,9 +17,18 @@ the proxies' endpoints have forgotten it.
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections.abc import Callable
+from typing import Final
 
 from kopflet.agent.runtime.container_runtime import RuntimeOperationError
 from kopflet.api import UID
+
+#: The engine may still be letting go of an address a container stopped a moment ago held:
+#: a refusal is believed the second time in a row, not the first.
+REFUSALS_TO_GIVE_UP: Final = 2
+#: An address the engine refused (something not ours holds it) is not picked for this long.
+FOREIGN_SECONDS: Final = 300.0
 
 
 class SubnetExhausted(RuntimeOperationError):
@@ -27,7 +36,8 @@ class SubnetExhausted(RuntimeOperationError):
 
 
 class InstanceAddresses:
-    def __init__(self, subnet: str) -> None:
+    def __init__(self, subnet: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         network = ipaddress.ip_network(subnet)
         hosts = [str(h) for h in network.hosts()]
         #: The first address is the bridge's (the instances' gateway).
@@ -35,8 +45,9 @@ class InstanceAddresses:
         self._in_pool = frozenset(self._pool)
         self._by_uid: dict[UID, str] = {}
         self._holders: dict[str, UID] = {}
-        #: Addresses something not ours holds on the network (a start was refused).
-        self._foreign: set[str] = set()
+        #: Addresses something not ours holds on the network (a start was refused), until when.
+        self._foreign: dict[str, float] = {}
+        self._refusals: dict[UID, int] = {}
         self._cursor = 0
 
     def __len__(self) -> int:
@@ -54,7 +65,7 @@ class InstanceAddresses:
             return
         # An address given up (the engine refused it) stays given up, even though older
         # containers of the instance still carry it in their label.
-        if ip not in self._holders and ip in self._in_pool and ip not in self._foreign:
+        if ip not in self._holders and ip in self._in_pool and not self._is_foreign(ip):
             self._assign(uid, ip)
 
     def address_for(self, uid: UID) -> str:
@@ -65,7 +76,7 @@ class InstanceAddresses:
         size = len(self._pool)
         for step in range(size):
             candidate = self._pool[(self._cursor + step) % size]
-            if candidate not in self._holders and candidate not in self._foreign:
+            if candidate not in self._holders and not self._is_foreign(candidate):
                 self._cursor = (self._cursor + step + 1) % size
                 self._assign(uid, candidate)
                 return candidate
@@ -73,15 +84,36 @@ class InstanceAddresses:
 
     def release(self, uid: UID) -> None:
         """Nothing of the instance is left on the engine: its address is free again."""
+        self._refusals.pop(uid, None)
         ip = self._by_uid.pop(uid, None)
         if ip is not None:
             self._holders.pop(ip, None)
 
-    def refused(self, uid: UID, ip: str) -> None:
-        """The engine said ``ip`` is taken by something else: ``uid`` gets another one."""
-        self._foreign.add(ip)
+    def refused(self, uid: UID, ip: str) -> bool:
+        """The engine said ``ip`` is taken. The second time in a row it is believed: the
+        address is left alone for a while and ``uid`` gets another one (True)."""
+        count = self._refusals.get(uid, 0) + 1
+        if count < REFUSALS_TO_GIVE_UP:
+            self._refusals[uid] = count
+            return False
+        self._foreign[ip] = self._clock() + FOREIGN_SECONDS
         if self._by_uid.get(uid) == ip:
             self.release(uid)
+        self._refusals.pop(uid, None)
+        return True
+
+    def accepted(self, uid: UID) -> None:
+        """The engine gave ``uid`` its address."""
+        self._refusals.pop(uid, None)
+
+    def _is_foreign(self, ip: str) -> bool:
+        until = self._foreign.get(ip)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._foreign[ip]
+            return False
+        return True
 
     def _assign(self, uid: UID, ip: str) -> None:
         old = self._by_uid.get(uid)

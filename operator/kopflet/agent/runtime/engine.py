@@ -97,7 +97,7 @@ class RuntimeEngine:
         self._relister = Relister(runtime, self._clock)
         #: Which address each instance holds; learnt from the first relist before any
         #: worker may pick one.
-        self._addresses = InstanceAddresses(config.instance_subnet)
+        self._addresses = InstanceAddresses(config.instance_subnet, clock=self._clock.now)
         self._listed = asyncio.Event()
         # While the engine's event stream is open, events wake the syncs and the relist is
         # the backstop, slowed down (the kubelet's Evented PLEG); a broken stream or a

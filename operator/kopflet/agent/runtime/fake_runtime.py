@@ -57,7 +57,7 @@ class FakeRuntime:
         #: Containers that hold their instance's network, and the address each asked for
         #: (empty: any free one), given at start and let go at exit, as Docker does.
         self._holders: dict[ContainerID, str] = {}
-        self._squatted: set[str] = set()
+        self._squatted: dict[str, int | None] = {}
         self._serial = 0
         self._subscribers: list[asyncio.Queue[RuntimeEvent | None]] = []
 
@@ -76,9 +76,10 @@ class FakeRuntime:
         )
         self._emit(EventKind.OOM if oom else EventKind.DIE, cid)
 
-    def squat(self, ip: str) -> None:
-        """Something not ours takes ``ip`` on the network: a start that asks for it fails."""
-        self._squatted.add(ip)
+    def squat(self, ip: str, *, refusals: int | None = None) -> None:
+        """Something not ours takes ``ip`` on the network: a start that asks for it fails
+        (``refusals`` times, then it is free: an address the engine lets go of late)."""
+        self._squatted[ip] = refusals
 
     def running(self, name: str | None = None) -> list[ContainerRecord]:
         return [
@@ -204,9 +205,15 @@ class FakeRuntime:
         self.calls.append(("start", record.name or "sandbox"))
         ip = None
         if container_id in self._holders:
-            used = {r.ip for r in self.containers.values() if r.ip} | self._squatted
+            used = {r.ip for r in self.containers.values() if r.ip} | set(self._squatted)
             ip = self._holders[container_id] or next(a for a in self._ips if a not in used)
             if ip in used:
+                left = self._squatted.get(ip)
+                if left is not None:
+                    if left <= 1:
+                        del self._squatted[ip]
+                    else:
+                        self._squatted[ip] = left - 1
                 self.containers[container_id] = replace(
                     record, state=RunState.EXITED, exit_code=128, error="Address already in use"
                 )

@@ -189,13 +189,12 @@ class InstanceSyncer:
     def _address_refused(
         self, ref: InstanceRef, ip: str, exc: AddressInUse, result: SyncResult
     ) -> None:
-        # Something that is not ours holds the address on the network: the instance gets
-        # another one on the next pass, which comes soon.
-        self._addresses.refused(ref.uid, ip)
+        # The engine may not have let go of the address of a container stopped a moment ago:
+        # the next pass, soon, asks again; refused again, the instance gets another one.
+        given_up = self._addresses.refused(ref.uid, ip)
         result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
-        self._event(
-            ref, "Warning", "FailedCreateSandbox", f"Address {ip} is taken, another follows: {exc}"
-        )
+        then = "another address follows" if given_up else "retrying"
+        self._event(ref, "Warning", "FailedCreateSandbox", f"Address {ip} is taken, {then}: {exc}")
 
     async def _stop(
         self, step: int, stop: ContainerStop, ref: InstanceRef, result: SyncResult
@@ -232,14 +231,17 @@ class InstanceSyncer:
                     ip=ip,
                 )
             )
+        except AddressInUse as exc:
+            result.record(4, "create-sandbox", ref.name, False, str(exc))
+            self._address_refused(ref, ip, exc, result)
+            return None
         except RuntimeOperationError as exc:
-            if isinstance(exc, AddressInUse):
-                self._addresses.refused(ref.uid, ip)
             self._sandbox_image_present = False
             result.record(4, "create-sandbox", ref.name, False, str(exc))
             result.wake_no_later_than(self._clock.now() + SANDBOX_RETRY_SECONDS)
             self._event(ref, "Warning", "FailedCreateSandbox", f"Failed to create sandbox: {exc}")
             return None
+        self._addresses.accepted(ref.uid)
         result.record(4, "create-sandbox", ref.name, True)
         return await self._runtime.container_record(container_id)
 
@@ -415,6 +417,8 @@ class InstanceSyncer:
             result.record(5, "start", start.name, False, str(exc))
             self._event(ref, "Warning", "Failed", f"Error: {exc}")
             return
+        if sandbox is None:
+            self._addresses.accepted(ref.uid)
         result.record(5, "start", start.name, True, start.message)
         result.started += 1
         self._event(ref, "Normal", "Started", f"Started container {start.name}")
