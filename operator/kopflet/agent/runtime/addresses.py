@@ -50,9 +50,6 @@ class InstanceAddresses:
         self._refusals: dict[UID, int] = {}
         self._cursor = 0
 
-    def __len__(self) -> int:
-        return len(self._by_uid)
-
     def uids(self) -> set[UID]:
         return set(self._by_uid)
 

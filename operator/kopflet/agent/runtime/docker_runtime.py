@@ -34,6 +34,7 @@ from kopflet.agent.runtime.container_runtime import (
     ImagePullError,
     NetworkInfo,
     NotOurs,
+    PortBinding,
     RuntimeEvent,
     RuntimeOperationError,
     RuntimeUnavailable,
@@ -218,24 +219,20 @@ class DockerRuntime:
         return True
 
     async def create_sandbox(self, request: SandboxRequest) -> ContainerID:
-        api = self._api
-        ports = [(b.container_port, b.protocol) for b in request.port_bindings]
-        bindings = {
-            f"{b.container_port}/{b.protocol}": (b.host_ip, b.host_port)
-            for b in request.port_bindings
-        }
-        host_config = api.create_host_config(port_bindings=bindings or None)
-        endpoint = api.create_endpoint_config(ipv4_address=request.ip)
+        holder, host = self._network_holder(
+            network=request.network,
+            ip=request.ip,
+            hostname=request.hostname,
+            port_bindings=request.port_bindings,
+        )
         container_id = await self._create(
             request.labels,
             image=request.image,
             command=list(request.command),
-            hostname=request.hostname,
-            ports=ports or None,
-            host_config=host_config,
-            networking_config=api.create_networking_config({request.network: endpoint}),
+            host_config=self._api.create_host_config(**host),
             # The sandbox only sleeps: there is nothing to shut down gracefully.
             stop_signal="SIGKILL",
+            **holder,
         )
         try:
             await self.start_container(container_id)
@@ -252,28 +249,18 @@ class DockerRuntime:
             for m in request.mounts
         ]
         attachment = request.attachment
-        network: dict[str, Any]
         if attachment is None:
-            network = {"network_mode": f"container:{request.sandbox_id}"}
             holder: dict[str, Any] = {}
+            network: dict[str, Any] = {"network_mode": f"container:{request.sandbox_id}"}
         else:
             # Without a sandbox the container holds the instance's network, its address,
             # hostname and host ports itself: what the sandbox would have carried.
-            network = {
-                "network_mode": attachment.network,
-                "port_bindings": {
-                    f"{b.container_port}/{b.protocol}": (b.host_ip, b.host_port)
-                    for b in attachment.port_bindings
-                }
-                or None,
-            }
-            holder = {
-                "hostname": attachment.hostname,
-                "ports": [(b.container_port, b.protocol) for b in attachment.port_bindings] or None,
-                "networking_config": api.create_networking_config(
-                    {attachment.network: api.create_endpoint_config(ipv4_address=attachment.ip)}
-                ),
-            }
+            holder, network = self._network_holder(
+                network=attachment.network,
+                ip=attachment.ip,
+                hostname=attachment.hostname,
+                port_bindings=attachment.port_bindings,
+            )
         host_config = api.create_host_config(
             **network,
             nano_cpus=request.nano_cpus,
@@ -298,6 +285,32 @@ class DockerRuntime:
             host_config=host_config,
             **holder,
         )
+
+    def _network_holder(
+        self,
+        *,
+        network: str,
+        ip: str | None,
+        hostname: str,
+        port_bindings: tuple[PortBinding, ...],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The create arguments, and the host-config ones, of a container that holds an
+        instance's network (a sandbox, or the one container of an instance without one)."""
+        api = self._api
+        endpoint = api.create_endpoint_config(ipv4_address=ip)
+        create = {
+            "hostname": hostname,
+            "ports": [(b.container_port, b.protocol) for b in port_bindings] or None,
+            "networking_config": api.create_networking_config({network: endpoint}),
+        }
+        host = {
+            "network_mode": network,
+            "port_bindings": {
+                f"{b.container_port}/{b.protocol}": (b.host_ip, b.host_port) for b in port_bindings
+            }
+            or None,
+        }
+        return create, host
 
     async def _create(self, labels: ContainerLabels, **kwargs: Any) -> ContainerID:
         name = container_name_for(labels)
