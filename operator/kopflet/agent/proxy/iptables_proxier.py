@@ -22,6 +22,7 @@ from kopflet.agent.proxy.iptables_render import (
     TABLES,
     Hook,
     RenderedRuleset,
+    ServicePortRules,
     SharedChain,
     render_iptables_ruleset,
 )
@@ -72,10 +73,10 @@ class IptablesProxier:
         # count of every service-port it wrote: None until a full sync succeeded.
         self._programmed: Mapping[str, frozenset[ChainName]] | None = None
         self._rules_by_service: dict[ServicePortName, int] = {}
-        # Digests of the shared chains' rules, and every service-port's own chains, as
-        # the last successful sync left them.
+        # Digests of the shared chains' rules, and what every service-port put in them
+        # (and its own chains), as the last successful sync left them.
         self._shared: Mapping[SharedChain, str] = {}
-        self._chains_by_service: Mapping[ServicePortName, tuple[ChainName, ...]] = {}
+        self._by_service: Mapping[ServicePortName, ServicePortRules] = {}
         self.last_ruleset: RenderedRuleset | None = None
 
     @property
@@ -98,12 +99,12 @@ class IptablesProxier:
         except BaseException:
             self._programmed = None
             self._shared = {}
-            self._chains_by_service = {}
+            self._by_service = {}
             raise
         self.last_ruleset = rendered
         self._programmed = rendered.chains
         self._shared = rendered.shared_digests
-        self._chains_by_service = rendered.chains_by_service
+        self._by_service = rendered.by_service
         if full:
             self._rules_by_service = {}
         self._rules_by_service.update(rendered.rules_by_service)
@@ -143,7 +144,7 @@ class IptablesProxier:
             stale_chains=self._programmed,
             missing_hooks=(),
             programmed_shared=self._shared,
-            programmed_by_service=self._chains_by_service,
+            programmed_by_service=self._by_service,
         )
 
     async def canary_intact(self) -> bool:

@@ -6,7 +6,7 @@ one of these frozen values, so "did it change?" is plain equality.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NewType
 
 #: How the node programs services: netfilter through ``iptables-restore`` (the
@@ -29,6 +29,21 @@ class ServicePortName:
     namespace: str
     name: str
     port: str = ""  # the port's ``name``; empty for a service's single unnamed port
+    # Every sync looks up every service-port in a few dicts and sets: the generated
+    # ``__hash__`` would build and hash a tuple each time.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.namespace, self.name, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        """The order of ``<``, for ``sorted(..., key=...)`` without a Python ``__lt__`` a
+        comparison."""
+        return (self.namespace, self.name, self.port)
 
     @property
     def service(self) -> tuple[str, str]:
