@@ -271,3 +271,39 @@ def test_chain_names_are_stable_prefixed_and_fit_iptables_limit() -> None:
     sep = endpoint_chain(WEB, "TCP", E1)
     assert svc.startswith("KFL-SVC-") and sep.startswith("KFL-SEP-")
     assert len(svc) <= 28 and len(sep) <= 28
+
+
+def test_partial_render_reuses_the_last_syncs_rules_of_skipped_service_ports_only_if_same() -> None:
+    web = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1, E2), node_port=30080
+    )
+    dns = ServicePortInfo(cluster_ip="10.96.0.53", port=53, protocol="UDP", endpoints=(E3,))
+    last = render_iptables_ruleset({WEB: web, DNS: dns}, missing_hooks=())
+    # WEB changed behind the tracker's back (a stale ``skip``): its new node port must be
+    # rendered, not taken from what the last sync wrote.
+    moved = ServicePortInfo(
+        cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=(E1, E2), node_port=30081
+    )
+    for ports in ({WEB: web, DNS: dns}, {WEB: moved, DNS: dns}):
+        kwargs = dict(skip={WEB}, stale_chains=last.chains, missing_hooks=())
+        reused = render_iptables_ruleset(
+            ports,
+            programmed_shared=last.shared_digests,
+            programmed_by_service=last.by_service,
+            **kwargs,
+        )
+        fresh = render_iptables_ruleset(ports, programmed_shared=last.shared_digests, **kwargs)
+        assert reused.text == fresh.text
+        assert reused.shared_digests == fresh.shared_digests
+        assert reused.chains == fresh.chains
+    assert reused.by_service[WEB].info is moved
+    assert any("--dport 30081" in line for line in reused.text.splitlines())
+    unchanged = render_iptables_ruleset(
+        {WEB: web, DNS: dns},
+        skip={WEB, DNS},
+        stale_chains=last.chains,
+        missing_hooks=(),
+        programmed_shared=last.shared_digests,
+        programmed_by_service=last.by_service,
+    )
+    assert unchanged.text == "" and unchanged.by_service[WEB] is last.by_service[WEB]
