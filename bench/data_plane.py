@@ -8,11 +8,19 @@ connections, ``nc -l`` into /dev/null for bulk), one NodePort ProxyService over 
 * in the first node's namespace, through the rules its agent programmed (the cluster's proxy
   mode): direct to the instance IP, to the virtual IP, and to the second node's node port;
 * for each mode of ``--modes`` (default all three), in a namespace of the bench's own on the
-  cluster bridge, where ``netns_roles.py engine`` runs the agent's ``ProxyEngine`` in that mode,
+  cluster bridge (a new one, with an address of its own, for every mode), where ``netns_roles.py engine`` runs the agent's ``ProxyEngine`` in that mode,
   fed the same ProxyService and NodeAgents from the API: direct and virtual IP. The cluster's
   own mode is measured there too, as the control: same place, same client, other engine.
 
 Paths are interleaved within each repetition, so load on the shared machine hits them alike.
+The direct path connects to a second ``httpd`` of the same Instance, on a port of its own: the
+server's TIME_WAIT sockets of one path would otherwise meet the SYNs of the other. Linux gives
+every connection its own TCP timestamp offset, so a SYN that lands on a TIME_WAIT socket left by
+another client connection carries a timestamp that PAWS takes as old: the socket answers with an
+ACK, the client resets and sends the SYN again a second later. Direct and virtual-IP connections
+from one client reach the same server 4-tuples (DNAT keeps the source port), so sharing a port
+cost whichever path ran second ~5-10% of its connections' worth of one-second stalls. Every line
+says how many SYNs the client sent again (``TCPSynRetrans`` in its namespace), per round.
 Traffic goes only to the cluster's own namespaces and bridge. Target (issue 8): iptables and
 nftables >= 0.9 of direct; userspace reported.
 
@@ -35,7 +43,7 @@ from typing import Any
 
 from bench_cluster import IMAGE, BenchCluster, as_dict, condition_true, wait_until
 from bench_results import Reporter, Summary, Target, result_of
-from netns_roles import BULK_PORT, HTTP_PORT
+from netns_roles import BULK_PORT, DIRECT_HTTP_PORT, HTTP_PORT
 
 from kopflet.api.constants import (
     GROUP,
@@ -71,8 +79,31 @@ def in_netns(netns: Path, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net={netns}", "--", sys.executable, str(ROLES), *argv]
 
 
-def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) -> float:
+@dataclass(frozen=True)
+class Measured:
+    rate: float
+    #: SYNs the client's kernel sent again during the run (a SYN answered by a TIME_WAIT
+    #: socket's ACK, or lost): each one stalls a connection for the initial RTO, 1 s.
+    syn_retransmits: int
+
+
+def syn_retransmits(netns: Path) -> int:
+    """``TcpExt: TCPSynRetrans`` of a namespace (``/proc/net/netstat`` is per namespace)."""
+    text = subprocess.run(
+        ["nsenter", f"--net={netns}", "--", "cat", "/proc/net/netstat"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    lines = [line.split() for line in text.splitlines() if line.startswith("TcpExt:")]
+    counters = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    return int(counters["TCPSynRetrans"])
+
+
+def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) -> Measured:
     port = path.http_port if kind == "conn" else path.bulk_port
+    retransmits = syn_retransmits(path.netns)
     done = subprocess.run(
         in_netns(
             path.netns,
@@ -94,7 +125,10 @@ def measure(path: ClientTarget, kind: str, *, seconds: float, concurrency: int) 
     )
     if done.returncode != 0:
         raise SystemExit(f"client {kind} via {path.label} failed: {done.stderr[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+    return Measured(
+        rate=float(json.loads(done.stdout.strip().splitlines()[-1])["rate"]),
+        syn_retransmits=syn_retransmits(path.netns) - retransmits,
+    )
 
 
 def server_instance(name: str, node: str) -> dict[str, Any]:
@@ -111,6 +145,12 @@ def server_instance(name: str, node: str) -> dict[str, Any]:
                     "image": IMAGE,
                     "command": ["httpd", "-f", "-p", str(HTTP_PORT), "-h", "/"],
                     "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                },
+                {
+                    "name": "http-direct",
+                    "image": IMAGE,
+                    "command": ["httpd", "-f", "-p", str(DIRECT_HTTP_PORT), "-h", "/"],
+                    "ports": [{"name": "http-direct", "containerPort": DIRECT_HTTP_PORT}],
                 },
                 {
                     "name": "bulk",
@@ -144,12 +184,13 @@ def proxy_service(name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def client_namespace(cluster: BenchCluster) -> Iterator[Path]:
-    """A namespace of ours on the cluster bridge, addressed like one more node."""
+def client_namespace(cluster: BenchCluster, *, seat: int) -> Iterator[Path]:
+    """A namespace of ours on the cluster bridge, addressed like one more node (the
+    ``seat``-th of them)."""
     config = cluster.config
-    name = f"kopflet{config.index}-{CLIENT_NETNS_SUFFIX}"
-    link = f"kf{config.index}bc"
-    address = f"{config.bridge_network.network_address + CLIENT_HOST_OCTET}"
+    name = f"kopflet{config.index}-{CLIENT_NETNS_SUFFIX}-{seat}"
+    link = f"kf{config.index}bc{seat}"
+    address = f"{config.bridge_network.network_address + CLIENT_HOST_OCTET + seat}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -221,7 +262,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> None:
     cluster.up()
     client_node, server_node = cluster.config.node(1), cluster.config.node(2)
     name = "dp-server"
-    samples: dict[tuple[str, str], list[float]] = {}
+    samples: dict[tuple[str, str], list[Measured]] = {}
     with cluster.namespace("bench-dataplane") as namespace:
         cluster.custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, INSTANCE_PLURAL, server_instance(name, server_node.name)
@@ -241,7 +282,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> None:
         # The agents program rules within about a second of the endpoints; give them that.
         time.sleep(3)
         agent_paths = [
-            ClientTarget("direct", client_node.netns_path, instance_ip, HTTP_PORT, BULK_PORT),
+            ClientTarget(
+                "direct", client_node.netns_path, instance_ip, DIRECT_HTTP_PORT, BULK_PORT
+            ),
             ClientTarget("virtual IP", client_node.netns_path, vip, 80, BULK_PORT),
             ClientTarget(
                 "node port",
@@ -254,38 +297,34 @@ def run(args: argparse.Namespace, reporter: Reporter) -> None:
         cluster_mode = _proxy_mode(cluster, client_node.name)
         groups: list[tuple[str, list[ClientTarget]]] = [(cluster_mode, agent_paths)]
         groups += [(mode, []) for mode in args.modes]
-        with client_namespace(cluster) as own:
-            for mode, paths in groups:
+        for seat, (mode, paths) in enumerate(groups):
+            with contextlib.ExitStack() as stack:
                 if not paths:
+                    # A namespace, and so a client address, of its own for every mode: the
+                    # server's TIME_WAIT sockets left by one mode's client would meet the next
+                    # one's SYNs (see the top of this file).
+                    own = stack.enter_context(client_namespace(cluster, seat=seat))
                     paths = [
-                        ClientTarget("direct", own, instance_ip, HTTP_PORT, BULK_PORT),
+                        ClientTarget("direct", own, instance_ip, DIRECT_HTTP_PORT, BULK_PORT),
                         ClientTarget("virtual IP", own, vip, 80, BULK_PORT),
                     ]
-                    context: contextlib.AbstractContextManager[None] = engine_in(
-                        own, mode=mode, namespace=namespace
-                    )
-                else:
-                    context = contextlib.nullcontext()
+                    stack.enter_context(engine_in(own, mode=mode, namespace=namespace))
                 samples.clear()  # one group of paths at a time: a mode may come twice
-                with context:
-                    for round_ in range(args.repeat):
-                        for kind in ("conn", "bulk"):
-                            # Rotate the order each round: no path always runs first.
-                            shift = round_ % len(paths)
-                            for path in paths[shift:] + paths[:shift]:
-                                rate = measure(
-                                    path,
-                                    kind,
-                                    seconds=args.seconds,
-                                    concurrency=args.concurrency,
-                                )
-                                samples.setdefault((f"{mode}|{path.label}", kind), []).append(rate)
-                where = (
-                    "the agents' own rules, node to node"
-                    if paths is agent_paths
-                    else "the agent's engine in a namespace of the bench's"
-                )
-                report(reporter, mode=mode, where=where, paths=paths, samples=samples, args=args)
+                for round_ in range(args.repeat):
+                    for kind in ("conn", "bulk"):
+                        # Rotate the order each round: no path always runs first.
+                        shift = round_ % len(paths)
+                        for path in paths[shift:] + paths[:shift]:
+                            measured = measure(
+                                path, kind, seconds=args.seconds, concurrency=args.concurrency
+                            )
+                            samples.setdefault((f"{mode}|{path.label}", kind), []).append(measured)
+            where = (
+                "the agents' own rules, node to node"
+                if paths is agent_paths
+                else "the agent's engine in a namespace of the bench's"
+            )
+            report(reporter, mode=mode, where=where, paths=paths, samples=samples, args=args)
 
 
 def report(
@@ -294,13 +333,15 @@ def report(
     mode: str,
     where: str,
     paths: Sequence[ClientTarget],
-    samples: dict[tuple[str, str], list[float]],
+    samples: dict[tuple[str, str], list[Measured]],
     args: argparse.Namespace,
 ) -> None:
     for kind, unit, figure in (("conn", "conn/s", "new connections/s"), ("bulk", "MB/s", "MB/s")):
-        direct = samples[(f"{mode}|direct", kind)]
+        direct_runs = samples[(f"{mode}|direct", kind)]
+        direct = [m.rate for m in direct_runs]
         for path in paths[1:]:
-            through = samples[(f"{mode}|{path.label}", kind)]
+            through_runs = samples[(f"{mode}|{path.label}", kind)]
+            through = [m.rate for m in through_runs]
             target = (
                 Target(">= 0.9 of direct", 0.9, direction="at_least", on="ratio")
                 if mode in ("iptables", "nftables")
@@ -320,6 +361,8 @@ def report(
                         # Each round measured every path back to back: the ratio within a
                         # round is the one least disturbed by the machine's other load.
                         "ratio within a round, median": f"{paired_ratio(through, direct):.2f}",
+                        "SYNs the client sent again, per round": _per_round(through_runs),
+                        "the same, direct": _per_round(direct_runs),
                     },
                     note=(
                         f"{args.concurrency} connections in parallel"
@@ -328,6 +371,10 @@ def report(
                     ),
                 )
             )
+
+
+def _per_round(runs: Sequence[Measured]) -> str:
+    return "/".join(str(m.syn_retransmits) for m in runs)
 
 
 def paired_ratio(through: Sequence[float], direct: Sequence[float]) -> float:

@@ -24,6 +24,8 @@ from bench_cluster import BenchCluster, as_dict
 from kopflet.api.constants import GROUP, NODEAGENT_PLURAL, PROXYSERVICE_PLURAL, VERSION
 
 HTTP_PORT = 8080
+#: The same server on a port of its own for the direct path (see data_plane.py).
+DIRECT_HTTP_PORT = 8081
 BULK_PORT = 9000
 REQUEST = b"GET /etc/passwd HTTP/1.0\r\n\r\n"
 CHUNK = b"\0" * (256 * 1024)
