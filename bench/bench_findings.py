@@ -22,6 +22,11 @@ Instance at 30 (API server and etcd ~40-50 ms for ~9 requests, the agents ~37, t
 ~13; #2 and #7 lines), against ~440-650 ms for the whole bare container. At 30 at once that
 is the 1.0-2.0 s by which our p50 trails, with the Instance's path through the API (create,
 watch, bind, watch, status, watch) on top: bound -> Ready alone is within 0-1.5 s of bare.
+A bounded start queue in the agent (at most 2, or 4, Instances starting at once per node, the
+rest waiting in order) was tried and not kept: it put the 30-burst's p50 at or below bare's
+(5.1 against 5.3 s; 5.8 against 6.7 s) by ordering, not by cost -- bare `docker run` started
+that many at a time would gain as much -- while p99 grew (8.2-8.5 against 6.1-7.5 s) and, at 2
+a node, #2's ratio went to 1.42.
 (b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
@@ -60,20 +65,28 @@ the fills no longer run side by side and the figure moves back towards the bare 
 1,000 x 10) and a bare restore of 2,000 x 10 did not finish in 10 minutes, so iptables mode
 is not run at 10,000 (docs/PROXY.md, Requirements and limits). That read is also the floor of
 iptables' one-endpoint change at 1,000 x 10: the partial sync is one restore of two chains
-(~4 KB), which alone took 45-77 ms in a profiled run, and our tracker, conversion and render
-add 10-20 ms. Its p99 is the largest of five samples, so one slow restore on the shared
-machine decides it: 85-104 ms over the last runs, p50 62-87 ms.""",
+(~4 KB), which alone took 45-77 ms in a profiled run. Our own part was 10-20 ms while the
+partial render still rendered every service-port's rules in the shared chains; it now takes
+an unchanged service-port's from the last sync (3-4 ms alone, 5-9 ms in the agent's sync
+thread), and the run at a4a6853 gave p50 68 / p99 79 ms against the bare tool's 63 / 75. Its
+p99 is the largest of five samples, so one slow restore on the shared machine decides it.""",
     "4": """\
 **#4 data plane.** Single runs swing by +-30% here (see the min/max of the direct baseline
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
-forwarding share two busy cores. A miss in one run is not a cause found: the same paths swing
-between runs (new connections through the virtual IP: iptables 1.06 of direct in the first full
-run and 0.83 in the next; nftables 0.75, then 1.05), and the cluster's own mode measured as the
-control in the bench's namespace gave 1.02; a #4 run right after the full run of 2026-11-30
-14:14 met the two lines that run missed (1.00 and 1.10 of direct) and missed two others (0.82,
-0.88). What remains for new connections is conntrack +
-DNAT per connection. The userspace relay copies every byte through the agent process: about 0.7
-of direct for new connections, 0.8-0.9 for one stream.""",
+forwarding share two busy cores, so the ratio within a round is printed beside the ratio of
+medians. Most of what earlier pages showed as the cost of a virtual IP for new connections
+(0.72-0.88 of direct) was the bench's own doing: the direct path and the virtual IP reached
+the same server 4-tuples (DNAT keeps the client's source port), and Linux gives every TCP
+connection its own timestamp offset, so a SYN landing on a TIME_WAIT socket left by the other
+path's connection was rejected by PAWS (`TcpExtPAWSTimewait` in the server's namespace): an ACK,
+a reset, the SYN again a second later -- 10-67 of them per 3 s round. The direct path now has
+an `httpd` port of its own and every mode a client address of its own; the SYNs sent again are
+printed per round, 0 on every path but the node port. The node port masquerades with random
+source ports (`--random-fully`, as kube-proxy, against the SNAT race), so its connections meet
+the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up (7/53/183 over
+three rounds) and would be 0 with port-preserving masquerading (docs/PROXY.md, Requirements and
+limits). The userspace relay copies every byte through the agent process: about 0.5 of direct
+for new connections, about 1.0 for one stream.""",
     "5": """\
 **#5 agent memory.** The agent's RSS grew with the Instances it had handled and never shrank
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100

@@ -8,9 +8,10 @@ connections, ``nc -l`` into /dev/null for bulk), one NodePort ProxyService over 
 * in the first node's namespace, through the rules its agent programmed (the cluster's proxy
   mode): direct to the instance IP, to the virtual IP, and to the second node's node port;
 * for each mode of ``--modes`` (default all three), in a namespace of the bench's own on the
-  cluster bridge (a new one, with an address of its own, for every mode), where ``netns_roles.py engine`` runs the agent's ``ProxyEngine`` in that mode,
-  fed the same ProxyService and NodeAgents from the API: direct and virtual IP. The cluster's
-  own mode is measured there too, as the control: same place, same client, other engine.
+  cluster bridge (a new one, with an address of its own, for every mode), where
+  ``netns_roles.py engine`` runs the agent's ``ProxyEngine`` in that mode, fed the same
+  ProxyService and NodeAgents from the API: direct and virtual IP. The cluster's own mode is
+  measured there too, as the control: same place, same client, other engine.
 
 Paths are interleaved within each repetition, so load on the shared machine hits them alike.
 The direct path connects to a second ``httpd`` of the same Instance, on a port of its own: the
