@@ -12,15 +12,16 @@ FINDINGS: dict[str, str] = {
 phase, Instances created at a steady pace on nodes that already hold 100 each (ClusterLoader2's
 `testing/density` fills the nodes with saturation pods, then creates latency pods at 5 a second
 over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
-180 s). Here the pace is 1 a second over 3 nodes. The bursts keep the p50 overhead target and
-miss it, for three causes, measured:
+180 s). Here the pace is 1 a second over 3 nodes. The bursts of 300 miss the p50 overhead
+target, and those of 30 have met it (0.36 s at e0dae26) or missed it (up to 1.35 s), for
+three causes, measured:
 (a) In a burst the engines and the control plane share two cores, so every ms of CPU an
 Instance costs beyond a bare container delays the rest of the burst. An Instance of one
 container is now one container on the engine, as bare `docker run` is (no sandbox,
 docs/RUNTIME.md), and what is left beyond it is the control plane: ~100-135 ms of CPU per
 Instance at 30 (API server and etcd ~40-50 ms for ~9 requests, the agents ~37, the controller
 ~13; #2 and #7 lines), against ~440-650 ms for the whole bare container. At 30 at once that
-is the 1.0-2.0 s by which our p50 trails, with the Instance's path through the API (create,
+is the 0.4-2.0 s by which our p50 has trailed, with the Instance's path through the API (create,
 watch, bind, watch, status, watch) on top: bound -> Ready alone is within 0-1.5 s of bare.
 A bounded start queue in the agent (at most 2, or 4, Instances starting at once per node, the
 rest waiting in order) was tried and not kept: it put the 30-burst's p50 at or below bare's
@@ -31,7 +32,7 @@ a node, #2's ratio went to 1.42.
 workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
 while our 300 creates return at once and the Instances queue inside the cluster. The baseline
 counted from its burst's start is printed beside it; #2 compares the bursts as wholes.
-(c) Binding waits for CPU: created -> bound is printed with the p50 (~20 s at 300, 0.4-1.5 s
+(c) Binding waits for CPU: created -> bound is printed with the p50 (15-20 s at 300, 0.4-1.5 s
 at 30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load).
 The controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300
 burst shows its event loop runnable most of the time -- kopf's per-event processing 32% of
@@ -83,10 +84,12 @@ a reset, the SYN again a second later -- 10-67 of them per 3 s round. The direct
 an `httpd` port of its own and every mode a client address of its own; the SYNs sent again are
 printed per round, 0 on every path but the node port. The node port masquerades with random
 source ports (`--random-fully`, as kube-proxy, against the SNAT race), so its connections meet
-the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up (7/53/183 over
-three rounds) and would be 0 with port-preserving masquerading (docs/PROXY.md, Requirements and
-limits). The userspace relay copies every byte through the agent process: about 0.5 of direct
-for new connections, about 1.0 for one stream.""",
+the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up (12/113/228
+over this run's three rounds, 7/53/183 in the run before; 0.81 of direct, 0.74 within a round)
+and was 0 over three rounds with port-preserving `MASQUERADE` put in by hand (1,930-2,170
+conn/s, direct ~2,000): a kernel matter, kept for kube-proxy's reason (docs/PROXY.md,
+Requirements and limits). The userspace relay copies every byte through the agent process:
+about 0.5 of direct for new connections, about 1.0 for one stream.""",
     "5": """\
 **#5 agent memory.** The agent's RSS grew with the Instances it had handled and never shrank
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
