@@ -168,10 +168,6 @@ class _Table:
         ]
 
 
-def _sort_key(name: ServicePortName) -> tuple[str, str, str]:
-    return name.sort_key
-
-
 def _chain_of(rule: str) -> str:
     """The chain a rule line (``-A CHAIN ...``, ``-I CHAIN 1 ...``, ``-D CHAIN ...``) is in."""
     return rule.split(" ", 2)[1]
@@ -233,7 +229,7 @@ def render_iptables_ruleset(
     per_service: dict[ServicePortName, int] = {}
     by_service: dict[ServicePortName, ServicePortRules] = {}
     programmed = programmed_by_service or {}
-    for name in sorted(service_ports, key=_sort_key):
+    for name in sorted(service_ports, key=lambda n: n.sort_key):
         info = service_ports[name]
         known = programmed.get(name) if name in skip else None
         if known is None or not known.renders(info):

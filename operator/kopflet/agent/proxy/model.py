@@ -41,8 +41,8 @@ class ServicePortName:
 
     @property
     def sort_key(self) -> tuple[str, str, str]:
-        """The order of ``<``, for ``sorted(..., key=...)`` without a Python ``__lt__`` a
-        comparison."""
+        """The order of ``<`` as a plain tuple: ``sorted(..., key=...)`` then compares in C
+        instead of calling the generated ``__lt__`` for every comparison."""
         return (self.namespace, self.name, self.port)
 
     @property
