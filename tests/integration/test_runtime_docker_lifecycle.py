@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runtime_node import IMAGE, Agent, DockerNode, docker_node, instance, run_in_netns, until
@@ -476,3 +477,64 @@ def test_containers_without_our_labels_are_never_touched(node: DockerNode, tmp_p
         for container in (half_labelled, plain):
             container.remove(force=True)
         client.close()
+
+
+def most_in_flight(events: list[dict[str, Any]]) -> int:
+    """The most containers between their engine's create and start events at one moment."""
+    edges = sorted(
+        (e["timeNano"], 1 if e["Action"] == "create" else -1)
+        for e in events
+        if e.get("Type") == "container" and e.get("Action") in ("create", "start")
+    )
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("limit", [2, 0])
+def test_a_burst_is_created_and_started_at_most_the_parallel_starts_at_once(
+    node: DockerNode, tmp_path: Path, limit: int
+) -> None:
+    """Eight instances bound at once: with a limit of 2 the engine's own events never show
+    more than two containers between create and start; with none (0) they show more, so the
+    measure can see what the limit prevents."""
+    name = f"gate-{limit}"
+    burst = [
+        instance(
+            f"burst-{i}",
+            node=name,
+            containers=[{"name": "main", "image": IMAGE, "command": ["sleep", "1000"]}],
+        )
+        for i in range(8)
+    ]
+    client = node.client()
+    since = time.time() - 1
+
+    async def scenario() -> None:
+        async with Agent(node, name=name, volumes_dir=tmp_path, max_parallel_starts=limit) as agent:
+            agent.engine.set_desired(burst)
+            await until(
+                lambda: all(agent.phase(i.metadata.name or "") == "Running" for i in burst),
+                seconds=60,
+                message="the burst running",
+            )
+
+    try:
+        run_in_netns(node.netns_path, scenario, timeout=120)
+        events = list(
+            client.events(
+                since=since,
+                until=time.time() + 1,
+                filters={"label": f"dev.kopflet.node={name}"},
+                decode=True,
+            )
+        )
+    finally:
+        client.close()
+    assert sum(e.get("Action") == "start" for e in events) == len(burst)
+    if limit:
+        assert most_in_flight(events) <= limit
+    else:
+        assert most_in_flight(events) > 2

@@ -319,6 +319,15 @@ def test_flags_reach_the_engines_settings() -> None:
     assert (options.crash_backoff.initial_seconds, options.crash_backoff.max_seconds) == (1, 4)
     assert options.proxy_policy.full_period == 10 and options.health_port == 0
     assert options.docker_host == "unix:///var/run/docker.sock" and options.kubeconfig is None
+    assert options.max_parallel_starts == 10
+
+
+def test_parallel_starts_may_be_unlimited_but_not_negative() -> None:
+    assert (
+        parse_options(["--node-name", "n", "--max-parallel-starts", "0"]).max_parallel_starts == 0
+    )
+    with pytest.raises(SystemExit):
+        parse_options(["--node-name", "n", "--max-parallel-starts", "-1"])
 
 
 def test_two_agents_on_one_host_never_share_a_volumes_directory() -> None:

@@ -427,6 +427,58 @@ def test_unreachable_registry_is_err_image_pull_then_image_pull_back_off(tmp_pat
     asyncio.run(Harness(tmp_path).run(scenario))
 
 
+def _with_parallel_starts(h: Harness, limit: int) -> Harness:
+    h.config = dataclasses.replace(h.config, max_parallel_starts=limit)
+    h.engine = RuntimeEngine(
+        runtime=h.runtime, config=h.config, resolver=h.objects, reporter=h.reporter
+    )
+    return h
+
+
+@pytest.mark.parametrize(("limit", "most"), [(2, 2), (0, 6)])
+def test_a_burst_starts_at_most_the_parallel_starts_at_once(
+    tmp_path: Path, limit: int, most: int
+) -> None:
+    """Six instances bound together: with a limit of 2 the engine never has more than two
+    starts in flight and all six still run; with no limit (0) it has all six at once."""
+    names = [f"web-{i}" for i in range(5)]
+
+    async def scenario(h: Harness) -> None:
+        h.runtime.start_seconds = 0.1
+        h.engine.set_desired(
+            [make_instance(n) for n in names] + [make_instance("pair", containers=TWO_CONTAINERS)]
+        )
+        await h.until(lambda: all(h.phase(n) == "Running" for n in [*names, "pair"]))
+        assert h.runtime.most_starting == most
+
+    asyncio.run(_with_parallel_starts(Harness(tmp_path), limit).run(scenario))
+
+
+def test_an_image_pull_holds_no_start_slot(tmp_path: Path) -> None:
+    """With one start at a time, an instance whose image is being pulled does not keep
+    another, whose image is present, from starting."""
+
+    async def scenario(h: Harness) -> None:
+        h.runtime.pulls_held = asyncio.Event()
+        h.runtime.pullable["far/away:1"] = ImageInfo(id="sha256:far")
+        h.engine.set_desired(
+            [make_instance("slow", containers=[{"name": "main", "image": "far/away:1"}])]
+        )
+        await h.until(lambda: ("pull", "far/away:1") in h.runtime.calls)
+        h.engine.set_desired(
+            [
+                make_instance("slow", containers=[{"name": "main", "image": "far/away:1"}]),
+                make_instance("web"),
+            ]
+        )
+        await h.until(lambda: h.phase("web") == "Running")
+        assert h.phase("slow") != "Running"
+        h.runtime.pulls_held.set()
+        await h.until(lambda: h.phase("slow") == "Running")
+
+    asyncio.run(_with_parallel_starts(Harness(tmp_path), 1).run(scenario))
+
+
 def test_liveness_failure_kills_and_restarts_the_container(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         probe = {

@@ -214,6 +214,7 @@ class NodeAgentProcess:
             relist_threshold_seconds=o.relist_threshold,
             resync_period_seconds=o.resync_period,
             termination_message_lines=o.termination_message_lines,
+            max_parallel_starts=o.max_parallel_starts,
         )
         o.volumes_dir.mkdir(parents=True, exist_ok=True)
         reporter = ApiReporter(self.api, events=self.events, finalizers=self.finalizers)

@@ -55,6 +55,7 @@ class AgentOptions:
     proxy_policy: SyncPolicy
     node_status_period: float
     max_instances: int
+    max_parallel_starts: int
     metrics_port: int
     health_port: int
     bind_address: str
@@ -75,6 +76,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
 
 
@@ -182,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--termination-message-lines", type=int, default=80, metavar="N")
     g.add_argument("--node-status-period", type=_positive, default=10.0, metavar="SECONDS")
     g.add_argument("--max-instances", type=int, default=110, metavar="N")
+    g.add_argument(
+        "--max-parallel-starts",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="containers created and started at once on the engine, the rest wait their "
+        "turn; image pulls are not counted (0: no limit; default: %(default)s)",
+    )
 
     g = p.add_argument_group("proxy timing")
     g.add_argument("--proxy-min-sync-interval", type=_positive, default=1.0, metavar="SECONDS")
@@ -254,6 +270,7 @@ def parse_options(argv: Sequence[str]) -> AgentOptions:
         ),
         node_status_period=args.node_status_period,
         max_instances=args.max_instances,
+        max_parallel_starts=args.max_parallel_starts,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         bind_address=args.bind_address,

@@ -43,3 +43,6 @@ class RuntimeConfig:
     resync_period_seconds: float = 60.0
     #: Lines of a terminated container's log kept as its termination message.
     termination_message_lines: int = 80
+    #: Containers (and sandboxes) created and started at once on the engine; more wait
+    #: their turn (0: no limit). Image pulls are not counted.
+    max_parallel_starts: int = 10

@@ -52,6 +52,12 @@ class FakeRuntime:
         #: Results of exec by command, used in turn; the last one repeats.
         self.exec_results: dict[tuple[str, ...], list[ExecResult]] = {}
         self.available = True
+        #: Seconds a start takes (0: at once), and the most starts seen in flight together.
+        self.start_seconds = 0.0
+        self.starting = 0
+        self.most_starting = 0
+        #: While set, every pull waits until it is released (a slow registry).
+        self.pulls_held: asyncio.Event | None = None
         self.network: NetworkInfo | None = None
         self._ips: list[str] = []
         #: Containers that hold their instance's network, and the address each asked for
@@ -203,6 +209,13 @@ class FakeRuntime:
         if record is None:
             raise RuntimeOperationError("no such container")
         self.calls.append(("start", record.name or "sandbox"))
+        if self.start_seconds:
+            self.starting += 1
+            self.most_starting = max(self.most_starting, self.starting)
+            try:
+                await asyncio.sleep(self.start_seconds)
+            finally:
+                self.starting -= 1
         ip = None
         if container_id in self._holders:
             used = {r.ip for r in self.containers.values() if r.ip} | set(self._squatted)
@@ -263,6 +276,8 @@ class FakeRuntime:
     async def pull_image(self, image: str) -> ImageInfo:
         self._check()
         self.calls.append(("pull", image))
+        if self.pulls_held is not None:
+            await self.pulls_held.wait()
         if image not in self.pullable:
             raise ImagePullError(f"registry unreachable for {image}")
         self.images[image] = self.pullable[image]

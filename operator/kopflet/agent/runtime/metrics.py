@@ -35,3 +35,7 @@ ENGINE_REQUESTS = Counter(
     "kubelet_runtime_operations_total).",
     ["operation"],
 )
+STARTS_WAITING = Gauge(
+    "kopflet_runtime_starts_waiting",
+    "Container creates-and-starts waiting for one of the node's parallel-start slots.",
+)

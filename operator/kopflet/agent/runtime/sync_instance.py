@@ -3,7 +3,8 @@
 The kubelet's SyncPod order: (1) stop app containers, (2) stop sandboxes, (3) remove what
 was planned away, (4) create the sandbox, (5) for each container to start: image, config,
 create, start. Stops run concurrently (each waits out its own grace period); starts run
-in spec order. A failed step never raises: it is recorded, the container it concerns
+in spec order, each create-and-start waiting for one of the node's parallel-start slots
+(:mod:`start_gate`). A failed step never raises: it is recorded, the container it concerns
 gets a waiting reason for the status, and the next pass tries again.
 """
 
@@ -20,6 +21,7 @@ from kopflet.agent.runtime.config import RuntimeConfig
 from kopflet.agent.runtime.container_config import ContainerPolicy, container_request
 from kopflet.agent.runtime.container_runtime import (
     AddressInUse,
+    ContainerRequest,
     ContainerRuntime,
     ImagePullError,
     NetworkAttachment,
@@ -52,6 +54,7 @@ from kopflet.agent.runtime.instance_actions import (
 from kopflet.agent.runtime.labels import ContainerLabels, ContainerRole
 from kopflet.agent.runtime.records import ContainerRecord, ObservedInstance
 from kopflet.agent.runtime.reporting import EventType, InstanceRef, RuntimeReporter
+from kopflet.agent.runtime.start_gate import StartGate
 from kopflet.agent.runtime.volumes import InstanceVolumes
 from kopflet.api import Container, Instance
 from kopflet.api.instance import DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
@@ -125,6 +128,7 @@ class InstanceSyncer:
         self._clock = clock
         self._crash_backoff = crash_backoff
         self._image_backoff = image_backoff
+        self._starts = StartGate(config.max_parallel_starts)
         #: The sandbox image was there at the last sandbox create: not looked up again until
         #: a create fails.
         self._sandbox_image_present = False
@@ -220,17 +224,18 @@ class InstanceSyncer:
                 if await self._runtime.image_info(config.sandbox_image) is None:
                     await self._runtime.pull_image(config.sandbox_image)
                 self._sandbox_image_present = True
-            container_id = await self._runtime.create_sandbox(
-                SandboxRequest(
-                    labels=self._labels(instance, ContainerRole.SANDBOX, "", create, ip=ip),
-                    image=config.sandbox_image,
-                    command=config.sandbox_command,
-                    network=config.network_name,
-                    hostname=instance.spec.hostname or ref.name,
-                    port_bindings=_host_ports(instance),
-                    ip=ip,
+            async with self._starts.slot():
+                container_id = await self._runtime.create_sandbox(
+                    SandboxRequest(
+                        labels=self._labels(instance, ContainerRole.SANDBOX, "", create, ip=ip),
+                        image=config.sandbox_image,
+                        command=config.sandbox_command,
+                        network=config.network_name,
+                        hostname=instance.spec.hostname or ref.name,
+                        port_bindings=_host_ports(instance),
+                        ip=ip,
+                    )
                 )
-            )
         except AddressInUse as exc:
             result.record(4, "create-sandbox", ref.name, False, str(exc))
             self._address_refused(ref, ip, exc, result)
@@ -391,6 +396,18 @@ class InstanceSyncer:
         except ContainerConfigError as exc:
             self._config_error(start.name, str(exc), ref, result)
             return
+        async with self._starts.slot():
+            await self._create_and_start(request, start, sandbox, ip, ref, result)
+
+    async def _create_and_start(
+        self,
+        request: ContainerRequest,
+        start: ContainerStart,
+        sandbox: ContainerRecord | None,
+        ip: str,
+        ref: InstanceRef,
+        result: SyncResult,
+    ) -> None:
         try:
             container_id = await self._runtime.create_container(request)
         except RuntimeOperationError as exc:
