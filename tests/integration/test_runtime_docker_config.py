@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker.transport.unixconn import UnixHTTPConnection
 from runtime_node import IMAGE, Agent, DockerNode, docker_node, instance, run_in_netns, until
 
 from kopflet.agent.runtime.backoff import BackoffPolicy
+from kopflet.agent.runtime.container_runtime import ImageInfo
+from kopflet.agent.runtime.docker_runtime import DockerRuntime
 from kopflet.api import find_condition
 
 pytestmark = pytest.mark.integration
@@ -338,3 +342,29 @@ def test_security_context_and_limits_reach_the_container(node: DockerNode, tmp_p
             )
 
     run_in_netns(node.netns_path, scenario, timeout=60)
+
+
+def test_calls_about_many_objects_reuse_one_engine_connection(
+    node: DockerNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK would open a connection per URL it has not seen lately (its pools are keyed
+    by the whole URL): forty lookups of forty images, one after another, use one."""
+    connects: list[object] = []
+    connect = UnixHTTPConnection.connect
+
+    def counted(self: UnixHTTPConnection) -> None:
+        connects.append(self)
+        connect(self)
+
+    monkeypatch.setattr(UnixHTTPConnection, "connect", counted)
+    runtime = DockerRuntime(base_url=node.docker_host, node="reuse")
+
+    async def lookups() -> list[ImageInfo | None]:
+        return [await runtime.image_info(f"kopflet/absent-{i}:1") for i in range(40)]
+
+    try:
+        assert asyncio.run(lookups()) == [None] * 40
+    finally:
+        runtime.close()
+    # One for the version negotiation the client does first, one for the lookups.
+    assert len(connects) <= 2

@@ -21,6 +21,7 @@ import docker.errors
 import docker.types
 import docker.utils
 import requests.exceptions
+from docker.transport import UnixHTTPAdapter
 
 from kopflet.agent.runtime import metrics
 from kopflet.agent.runtime.container_runtime import (
@@ -65,6 +66,15 @@ _BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
 _ADDRESS_IN_USE: Final = "Address already in use"
 
 
+class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]
+    """The SDK's Unix-socket adapter keys its connection pools by the whole URL, path
+    included, and keeps 25: nearly every call about a container it has not seen lately
+    opens a connection of its own and closes another pool's. One socket needs one pool."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
 class DockerRuntime:
     """One node's Docker engine. ``node`` scopes every listing: two agents sharing an
     engine (a developer machine) never see, let alone remove, each other's containers."""
@@ -85,6 +95,17 @@ class DockerRuntime:
             timeout=timeout_seconds,
             max_pool_size=max_concurrency,
         )
+        unix = self._api.adapters.get("http+docker://")
+        if isinstance(unix, UnixHTTPAdapter):
+            self._api.mount(
+                "http+docker://",
+                _OnePoolUnixAdapter(
+                    f"http+unix://{unix.socket_path}",
+                    timeout=timeout_seconds,
+                    max_pool_size=max_concurrency,
+                ),
+            )
+            unix.close()
         # The node's own engine: no proxy from the environment applies to it, and no .netrc.
         # Left on, requests looks both up again on every call (~0.2 ms of CPU each).
         self._api.trust_env = False
