@@ -12,31 +12,32 @@ FINDINGS: dict[str, str] = {
 phase, Instances created at a steady pace on nodes that already hold 100 each (ClusterLoader2's
 `testing/density` fills the nodes with saturation pods, then creates latency pods at 5 a second
 over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
-180 s). Here the pace is 1 a second over 3 nodes. The bursts of 300 miss the p50 overhead
-target, and those of 30 have met it (0.36 s at e0dae26) or missed it (up to 1.35 s), for
-three causes, measured:
-(a) In a burst the engines and the control plane share two cores, so every ms of CPU an
-Instance costs beyond a bare container delays the rest of the burst. An Instance of one
-container is now one container on the engine, as bare `docker run` is (no sandbox,
-docs/RUNTIME.md), and what is left beyond it is the control plane: ~100-135 ms of CPU per
-Instance at 30 (API server and etcd ~40-50 ms for ~9 requests, the agents ~37, the controller
-~13; #2 and #7 lines), against ~440-650 ms for the whole bare container. At 30 at once that
-is the 0.4-2.0 s by which our p50 has trailed, with the Instance's path through the API (create,
-watch, bind, watch, status, watch) on top: bound -> Ready alone is within 0-1.5 s of bare.
-A bounded start queue in the agent (at most 2, or 4, Instances starting at once per node, the
-rest waiting in order) was tried and not kept: it put the 30-burst's p50 at or below bare's
-(5.1 against 5.3 s; 5.8 against 6.7 s) by ordering, not by cost -- bare `docker run` started
-that many at a time would gain as much -- while p99 grew (8.2-8.5 against 6.1-7.5 s) and, at 2
-a node, #2's ratio went to 1.42.
-(b) At 300 the figures are not like for like: a bare `docker run` blocks, so the client's 30
-workers keep the rest of the burst waiting outside Docker and per-request latency stays flat,
-while our 300 creates return at once and the Instances queue inside the cluster. The baseline
-counted from its burst's start is printed beside it; #2 compares the bursts as wholes. Each
-agent starts its 100 at once, so they share the CPU and finish together, where the bare
-client's 30 in flight finish in order. The same start queue, at the bare client's concurrency
-(10 a node, which leaves a burst of 30 as it is), was measured once at 300 and not yet made
-the agent's: p50 31.5 s against 51.5 s without it (bare from its burst's start 28.4 s), p99
-53.9 s (bare 57.1 s), #2's ratio unchanged (1.19), created -> bound p50 8.4 s.
+180 s). Here the pace is 1 a second over 3 nodes. The bursts miss the p50 overhead target (those of
+30 have met it in some runs, 0.36 s at e0dae26, and missed it by up to 1.35 s in others) for
+the control plane's CPU, measured:
+(a) A burst keeps the two cores busy, bare or ours, so every ms of CPU an Instance costs beyond
+a bare container delays the burst: with 30 at once over two cores each extra ms per Instance
+is ~15 ms of the burst's wall time. An Instance of one container is one container on the
+engine, as a bare `docker run` is (no sandbox, docs/RUNTIME.md), and what is left beyond it
+is the control plane: ~95-110 ms of CPU per Instance at 30 (API server and etcd 41-59 ms for
+the ~7 requests from create to Ready, the agents ~34, the controller 12-15; the #2 lines),
+against ~9 ms for the bare client. That is ~1.4-1.6 s of the burst's two cores, and it is the
+0.4-1.4 s by which our p50 has trailed. Within 0.5 s, the whole control plane would have to
+cost ~33 ms of CPU per Instance, less than the API server and etcd take for the requests
+themselves: the bound of a path through the Kubernetes API on a machine whose engines fill its
+cores. The requests are ~9 a lifecycle with none that changes nothing (#7); the agent's Docker
+calls now share one connection (they took one each, 77e3695), which did not move the agents'
+CPU per Instance measurably (34 ms before and after).
+(b) Each agent now creates and starts at most 10 containers at once (`--max-parallel-starts`,
+docs/RUNTIME.md), the bare client's 30 in flight over 3 nodes, so a burst of 30 is not held.
+At 300 a bare `docker run` blocks, so the client's 30 workers hold the rest of the burst back
+outside Docker and its per-request latency stays flat, while our 300 creates return at once and
+the Instances wait in the cluster: the baseline counted from its burst's start is printed
+beside it. With the gate our p50 at 300 was 34.6 s against bare's 35.1 s from its start (run at
+6988ee5); without it, when each agent started its 100 together and they all finished late, 51.5
+s against 34.8 s (e0dae26). Smaller gates (2 or 4 a node) were tried: they put the 30-burst's
+p50 at or below bare's by ordering alone, as bare `docker run` with as few in flight would
+gain, while p99 grew (8.2-8.5 against 6.1-7.5 s) and, at 2 a node, #2's ratio went to 1.42.
 (c) Binding waits for CPU: created -> bound is printed with the p50 (15-20 s at 300, 0.4-1.5 s
 at 30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load).
 The controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300
