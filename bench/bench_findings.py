@@ -14,7 +14,9 @@ phase, Instances created at a steady pace on nodes that already hold 100 each (C
 over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
 180 s). Here the pace is 1 a second over 3 nodes. The bursts miss the p50 overhead target (those of
 30 have met it in some runs, 0.36 s at e0dae26, and missed it by up to 1.35 s in others) for
-the control plane's CPU, measured:
+the control plane's CPU, measured (this page's runs were on a slower machine than the earlier
+ones: a bare container took 450-485 ms of CPU where it took 425-445, and the controller alone
+reconciled #5's 1,000 Workloads in 102 s where it took 87):
 (a) A burst keeps the two cores busy, bare or ours, so every ms of CPU an Instance costs beyond
 a bare container delays the burst: with 30 at once over two cores each extra ms per Instance
 is ~15 ms of the burst's wall time. An Instance of one container is one container on the
@@ -25,19 +27,21 @@ against ~9 ms for the bare client. That is ~1.4-1.6 s of the burst's two cores, 
 0.4-1.4 s by which our p50 has trailed. Within 0.5 s, the whole control plane would have to
 cost ~33 ms of CPU per Instance, less than the API server and etcd take for the requests
 themselves: the bound of a path through the Kubernetes API on a machine whose engines fill its
-cores. The requests are ~9 a lifecycle with none that changes nothing (#7); the agent's Docker
-calls now share one connection (they took one each, 77e3695), which did not move the agents'
-CPU per Instance measurably (34 ms before and after).
+cores. The requests are ~9 a lifecycle with none that changes nothing (#7). The agent's Docker
+calls now share one connection (they took one each before 77e3695): in bursts of 30 run one
+after another with and without it, the agents' CPU per Instance was 38 and 44 ms, dockerd's
+50-51 and 53 ms, and the p50 overhead 1.1-1.6 s either way.
 (b) Each agent now creates and starts at most 10 containers at once (`--max-parallel-starts`,
 docs/RUNTIME.md), the bare client's 30 in flight over 3 nodes, so a burst of 30 is not held.
 At 300 a bare `docker run` blocks, so the client's 30 workers hold the rest of the burst back
 outside Docker and its per-request latency stays flat, while our 300 creates return at once and
 the Instances wait in the cluster: the baseline counted from its burst's start is printed
 beside it. With the gate our p50 at 300 was 34.6 s against bare's 35.1 s from its start (run at
-6988ee5); without it, when each agent started its 100 together and they all finished late, 51.5
-s against 34.8 s (e0dae26). Smaller gates (2 or 4 a node) were tried: they put the 30-burst's
-p50 at or below bare's by ordering alone, as bare `docker run` with as few in flight would
-gain, while p99 grew (8.2-8.5 against 6.1-7.5 s) and, at 2 a node, #2's ratio went to 1.42.
+6988ee5) and 38.7 against 35.6 s (this page); without it, when each agent started its 100
+together and they all finished late, 51.5 against 34.8 s (e0dae26). Smaller gates (2 or 4 a
+node) were tried: they put the 30-burst's p50 at or below bare's by ordering alone, as bare
+`docker run` with as few in flight would gain, while p99 grew (8.2-8.5 against 6.1-7.5 s)
+and, at 2 a node, #2's ratio went to 1.42.
 (c) Binding waits for CPU: created -> bound is printed with the p50 (15-20 s at 300, 0.4-1.5 s
 at 30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load).
 The controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300
