@@ -518,6 +518,38 @@ def test_unreachable_engine_makes_the_runtime_unhealthy(tmp_path: Path) -> None:
     asyncio.run(Harness(tmp_path).run(scenario))
 
 
+def test_an_engine_that_stops_answering_is_told_at_once_not_on_every_failure(
+    tmp_path: Path,
+) -> None:
+    """The node's status is woken when the engine stops answering (a relist fails after one
+    that did not, or the event stream breaks), once per outage, not once per failed relist."""
+    troubles: list[float] = []
+    h = Harness(tmp_path)
+    h.engine = RuntimeEngine(
+        runtime=h.runtime,
+        config=h.config,
+        resolver=h.objects,
+        reporter=h.reporter,
+        on_engine_trouble=lambda: troubles.append(time.monotonic()),
+    )
+
+    async def scenario(h: Harness) -> None:
+        await h.until(lambda: h.engine.healthy())
+        await asyncio.sleep(0.2)
+        assert troubles == []
+        h.runtime.available = False
+        await h.until(lambda: len(troubles) == 1)
+        await asyncio.sleep(0.3)  # six relists more, all failing
+        assert len(troubles) == 1
+        h.runtime.available = True
+        await asyncio.sleep(0.3)
+        assert len(troubles) == 1
+        h.runtime.break_events()
+        await h.until(lambda: len(troubles) == 2)
+
+    asyncio.run(h.run(scenario))
+
+
 def test_sandbox_image_is_looked_up_once_until_a_sandbox_create_fails(tmp_path: Path) -> None:
     def two(name: str) -> Instance:
         return make_instance(name, containers=TWO_CONTAINERS)

@@ -220,7 +220,11 @@ class NodeAgentProcess:
         reporter = ApiReporter(self.api, events=self.events, finalizers=self.finalizers)
         references = ReferenceCache(self.api, on_change=lambda: self._wake_all())
         engine = RuntimeEngine(
-            runtime=self.docker, config=config, resolver=references, reporter=reporter
+            runtime=self.docker,
+            config=config,
+            resolver=references,
+            reporter=reporter,
+            on_engine_trouble=self.registration.wake,
         )
         self.engine = engine
         self.feed = InstanceFeed(

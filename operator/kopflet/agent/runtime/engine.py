@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from loguru import logger
 
@@ -77,8 +77,14 @@ class RuntimeEngine:
         resolver: ReferenceResolver,
         reporter: RuntimeReporter,
         clock: Clock | None = None,
+        on_engine_trouble: Callable[[], None] | None = None,
     ) -> None:
         self._runtime = runtime
+        #: Called when the engine stops answering (a relist fails after one that did not,
+        #: or the event stream breaks): the node's status should look at once, not at its
+        #: next period, or an outage shorter than the period may never show.
+        self._on_engine_trouble = on_engine_trouble
+        self._relist_failing = False
         self._config = config
         self._reporter = reporter
         self._resolver = resolver
@@ -226,6 +232,8 @@ class RuntimeEngine:
             except Exception as exc:  # the age grows and tells; the loop must go on
                 logger.warning("relist failed: {}", exc)
                 failed = True
+                if not self._relist_failing:
+                    self._engine_trouble()
             else:
                 metrics.RELIST_DURATION.observe(self._clock.now() - started)
                 self._learn_addresses()
@@ -237,6 +245,7 @@ class RuntimeEngine:
                     if not cleaned_volumes:
                         self._remove_orphan_volumes()
                         cleaned_volumes = True
+            self._relist_failing = failed
             metrics.RELIST_AGE.set(min(self.relist_age(), 1e9))
             await self._wait(self._relist_now, self.relist_period(after_failure=failed))
 
@@ -285,6 +294,12 @@ class RuntimeEngine:
         if open_ != self._events_open:
             self._events_open = open_
             self._relist_now.set()
+            if not open_:
+                self._engine_trouble()
+
+    def _engine_trouble(self) -> None:
+        if self._on_engine_trouble is not None:
+            self._on_engine_trouble()
 
     def _ensure_worker(self, uid: UID) -> None:
         if not self._desired_known.is_set():
