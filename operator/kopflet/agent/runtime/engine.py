@@ -84,7 +84,6 @@ class RuntimeEngine:
         #: or the event stream breaks): the node's status should look at once, not at its
         #: next period, or an outage shorter than the period may never show.
         self._on_engine_trouble = on_engine_trouble
-        self._relist_failing = False
         self._config = config
         self._reporter = reporter
         self._resolver = resolver
@@ -223,16 +222,17 @@ class RuntimeEngine:
 
     async def _relist_loop(self) -> None:
         cleaned_volumes = False
+        failed = False
         while True:
             self._relist_now.clear()
             started = self._clock.now()
-            failed = False
+            failed_before, failed = failed, False
             try:
                 events = await self._relister.relist()
             except Exception as exc:  # the age grows and tells; the loop must go on
                 logger.warning("relist failed: {}", exc)
                 failed = True
-                if not self._relist_failing:
+                if not failed_before:
                     self._engine_trouble()
             else:
                 metrics.RELIST_DURATION.observe(self._clock.now() - started)
@@ -245,7 +245,6 @@ class RuntimeEngine:
                     if not cleaned_volumes:
                         self._remove_orphan_volumes()
                         cleaned_volumes = True
-            self._relist_failing = failed
             metrics.RELIST_AGE.set(min(self.relist_age(), 1e9))
             await self._wait(self._relist_now, self.relist_period(after_failure=failed))
 

@@ -23,7 +23,6 @@ class StartGate:
     def __init__(self, limit: int) -> None:
         if limit < 0:
             raise ValueError(f"the number of parallel starts cannot be negative: {limit}")
-        self.limit = limit
         self._slots = asyncio.Semaphore(limit) if limit else None
 
     @contextlib.asynccontextmanager
