@@ -221,6 +221,9 @@ class Reporter:
     async def instance_status(self, instance: Instance, status: InstanceStatus) -> None:
         self.statuses.setdefault(instance.metadata.name or "", []).append(status)
 
+    def overwritten(self, instance: Instance) -> bool:
+        return False
+
     async def instance_cleaned_up(self, instance: Instance) -> None:
         self.cleaned.append(instance.metadata.name or "")
 

@@ -24,6 +24,7 @@ from agent_nodes import (
 
 from conftest import TestCluster
 from kopflet.agent.runtime.labels import CONTAINER_NAME_LABEL, INSTANCE_IP_LABEL, ROLE_LABEL
+from kopflet.api.constants import GROUP, INSTANCE_PLURAL, VERSION
 from support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,35 @@ def test_instance_bound_to_node_2_runs_there_and_reports_running_ready(
     assert addresses == [status["instanceIP"]], addresses
     for other in (cluster.nodes[0], cluster.nodes[2]):
         assert containers_of(cluster, other, uid) == []
+
+
+def test_a_stale_status_landing_over_the_agents_is_written_over_again(
+    cluster: TestCluster, agents: Agents, admin_api: Admin, namespace: str
+) -> None:
+    # A status write that timed out while the API server was frozen may land after a newer
+    # one. Here the late write is the admin's: the Instance's first status, sent again.
+    node = cluster.nodes[0]
+    body = instance_body(
+        "late", node=node.name, containers=[{"name": "main", "command": ["sleep", "3600"]}]
+    )
+    admin_api.create_instance(namespace, body)
+    ready = wait_running(cluster, admin_api, namespace, "late")
+    stale = {
+        "phase": "Pending",
+        "reason": "ContainerCreating",
+        "conditions": [
+            {**c, "status": "False"} if c["type"] in ("Ready", "ContainersReady") else c
+            for c in ready["status"]["conditions"]
+        ],
+        "containerStatuses": None,
+    }
+    admin_api.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, INSTANCE_PLURAL, "late", {"status": stale}
+    )
+    assert not running_ready(admin_api.instance(namespace, "late"))
+    restored = wait_running(cluster, admin_api, namespace, "late", timeout=15)
+    assert restored["status"]["containerStatuses"] == ready["status"]["containerStatuses"]
+    assert restored["status"]["startTime"] == ready["status"]["startTime"]
 
 
 def test_deleting_an_instance_waits_out_its_grace_then_the_object_goes_away(

@@ -31,6 +31,7 @@ from kopflet.api import Instance
 
 class Quiet:
     async def instance_status(self, instance, status): pass
+    def overwritten(self, instance): return False
     async def instance_cleaned_up(self, instance): pass
     def event(self, ref, *, type, reason, message): pass
 

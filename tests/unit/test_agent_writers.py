@@ -18,6 +18,7 @@ from kopflet.agent.status_patch import (
     finalizers_with,
     finalizers_without,
     status_merge_patch,
+    version_after,
 )
 from kopflet.api import UID, Instance, InstanceStatus
 
@@ -101,6 +102,50 @@ def test_reporter_refuses_to_write_the_status_of_a_deleted_instance_onto_its_suc
     with pytest.raises(Conflict):
         asyncio.run(reporter.instance_status(old, InstanceStatus(phase="Running")))
     assert "status" not in api.objects[PATH]
+
+
+def test_a_late_write_that_lands_over_ours_is_written_over_again() -> None:
+    # A status write that timed out while the API server was frozen lands after a newer one:
+    # the watched copy is then newer than our last write and holds the older status.
+    api = FakeKubeApi()
+    pending = InstanceStatus(phase="Pending")
+    running = InstanceStatus(phase="Running", instance_ip="10.244.1.2")
+    lagging = stored_instance(api)
+    reporter = ApiReporter(
+        api, events=EventRecorder(api, reporting_instance="n1"), finalizers=FinalizerWriter(api)
+    )
+
+    def watched() -> Instance:
+        return Instance.from_dict(api.objects[PATH])
+
+    async def scenario() -> None:
+        await reporter.instance_status(lagging, pending)
+        await reporter.instance_status(watched(), running)
+        # The watch has not caught up: nothing is overwritten, nothing is written again.
+        assert not reporter.overwritten(lagging)
+        await reporter.instance_status(lagging, running)
+        # A change of metadata only: newer, the same status.
+        api.put_object(PATH, {**api.objects[PATH], "metadata": {**watched().metadata.to_dict()}})
+        assert not reporter.overwritten(watched())
+        writes = len(api.methods("PATCH"))
+        # The late request lands: "Pending" at a newer version than our "Running".
+        await api.merge_patch(
+            PATH + "/status", {"status": {"phase": "Pending", "instanceIP": None}}
+        )
+        assert reporter.overwritten(watched())
+        await reporter.instance_status(watched(), running)
+        assert len(api.methods("PATCH")) == writes + 2
+        assert api.objects[PATH]["status"] == {"phase": "Running", "instanceIP": "10.244.1.2"}
+        assert not reporter.overwritten(watched())
+
+    asyncio.run(scenario())
+    assert reporter.status_writes == 3
+
+
+def test_resource_versions_are_compared_as_revisions_and_anything_else_is_not_newer() -> None:
+    assert version_after("10", "9") and not version_after("9", "10")
+    assert not version_after("7", "7")
+    assert not version_after("abc", "7") and not version_after("7", "")
 
 
 # -- finalizers ---------------------------------------------------------------------------------

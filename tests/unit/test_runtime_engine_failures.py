@@ -43,6 +43,9 @@ class Reporter:
     async def instance_status(self, instance: Instance, status: InstanceStatus) -> None:
         self.phases.append(status.phase)
 
+    def overwritten(self, instance: Instance) -> bool:
+        return False
+
     async def instance_cleaned_up(self, instance: Instance) -> None:
         pass
 

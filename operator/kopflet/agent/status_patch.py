@@ -36,6 +36,15 @@ def status_merge_patch(
     return patch
 
 
+def version_after(version: str, other: str) -> bool:
+    """Whether ``version`` is newer than ``other``. resourceVersions are etcd revisions, so
+    integers in practice; any other pair is not known to be newer."""
+    try:
+        return int(version) > int(other)
+    except ValueError:
+        return False
+
+
 def finalizers_with(finalizers: Iterable[str] | None, name: str) -> list[str] | None:
     """The list with ``name`` appended, or ``None`` if it is there already."""
     current = list(finalizers or ())

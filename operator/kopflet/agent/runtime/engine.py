@@ -463,7 +463,11 @@ class RuntimeEngine:
             ),
             previous=previous,
         )
-        if previous is not None and status.to_dict() == previous.to_dict():
+        if (
+            previous is not None
+            and status.to_dict() == previous.to_dict()
+            and not self._reporter.overwritten(instance)
+        ):
             return True
         try:
             await self._reporter.instance_status(instance, status)

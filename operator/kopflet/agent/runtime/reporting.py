@@ -34,6 +34,10 @@ class RuntimeReporter(Protocol):
     async def instance_status(self, instance: Instance, status: InstanceStatus) -> None:
         """Patch ``/status``; raise to have the engine retry on a later pass."""
 
+    def overwritten(self, instance: Instance) -> bool:
+        """The watched copy is past our last status write but holds another status: write it
+        again even though it did not change here."""
+
     async def instance_cleaned_up(self, instance: Instance) -> None:
         """A deleted instance holds nothing on this node any more: its finalizer may go."""
 
