@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from loguru import logger
@@ -148,11 +149,21 @@ class RuntimeEngine:
             self._ensure_worker(uid)
 
     def put(self, instance: Instance) -> None:
-        """One Instance was added or changed (spec, deletion, rebinding to another node)."""
+        """One Instance was added or changed (spec, deletion, rebinding to another node).
+
+        The watch's echo of our own writes (status, finalizer) changes nothing to do: it
+        is kept without a pass, as the kubelet's pod config hands a status-only update to
+        the pod manager without syncing the pod. Unless the status is not ours any more."""
         uid = instance.metadata.uid
         assert uid is not None
+        before = self._desired.get(uid)
         self._desired[uid] = instance
-        self.wake(uid)
+        if (
+            before is None
+            or _what_a_pass_reads(before) != _what_a_pass_reads(instance)
+            or self._reporter.overwritten(instance)
+        ):
+            self.wake(uid)
         self._ensure_worker(uid)
 
     def discard(self, uid: UID) -> None:
@@ -499,3 +510,10 @@ class RuntimeEngine:
                 message=f"{key.probe_type.value} probe failed: {message}".rstrip(": "),
             )
         self.wake(key.instance_uid)
+
+
+def _what_a_pass_reads(instance: Instance) -> tuple[object, ...]:
+    """An Instance without what only its writers' echoes change (status, resourceVersion,
+    finalizers): equal for two versions, a pass over either would do the same."""
+    meta = dataclasses.replace(instance.metadata, resource_version=None, finalizers=None)
+    return (meta, instance.spec)
