@@ -31,6 +31,7 @@ import pytest
 
 from conftest import TestCluster
 from kopflet.api.constants import (
+    AGENT_FINALIZER,
     GROUP,
     INSTANCE_PLURAL,
     NODE_LEASE_NAMESPACE,
@@ -46,7 +47,6 @@ from kopflet.local.supervisor import read_status
 from support import wait_for
 
 LEADER_LEASE = "kopflet-controller"
-FAKE_FINALIZER = "kopflet.dev/test-agent"
 TEST_IMAGE = "kopflet/busybox:1.35.0"
 
 
@@ -392,14 +392,14 @@ class FakeNodes:
             meta = item["metadata"]
             name, namespace = meta["name"], meta["namespace"]
             if meta.get("deletionTimestamp"):
-                if FAKE_FINALIZER in (meta.get("finalizers") or []):
-                    keep = [f for f in meta["finalizers"] if f != FAKE_FINALIZER]
+                if AGENT_FINALIZER in (meta.get("finalizers") or []):
+                    keep = [f for f in meta["finalizers"] if f != AGENT_FINALIZER]
                     self.api.patch(
                         INSTANCE_PLURAL, name, {"metadata": {"finalizers": keep}}, namespace
                     )
                 continue
-            if FAKE_FINALIZER not in (meta.get("finalizers") or []):
-                finalizers = [*(meta.get("finalizers") or []), FAKE_FINALIZER]
+            if AGENT_FINALIZER not in (meta.get("finalizers") or []):
+                finalizers = [*(meta.get("finalizers") or []), AGENT_FINALIZER]
                 self.api.patch(
                     INSTANCE_PLURAL, name, {"metadata": {"finalizers": finalizers}}, namespace
                 )

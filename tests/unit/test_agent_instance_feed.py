@@ -20,8 +20,8 @@ from kopflet.agent.reference_cache import (
     referenced_scopes,
     secret_data,
 )
-from kopflet.agent.status_patch import AGENT_FINALIZER
 from kopflet.api import UID, Instance
+from kopflet.api.constants import AGENT_FINALIZER
 
 pytestmark = pytest.mark.unit
 

@@ -14,13 +14,13 @@ from kopflet.agent.instance_finalizers import MAX_SETTLED, FinalizerWriter
 from kopflet.agent.kube_client import ApiUnavailable, Conflict
 from kopflet.agent.runtime.reporting import InstanceRef
 from kopflet.agent.status_patch import (
-    AGENT_FINALIZER,
     finalizers_with,
     finalizers_without,
     status_merge_patch,
     version_after,
 )
 from kopflet.api import UID, Instance, InstanceStatus
+from kopflet.api.constants import AGENT_FINALIZER
 
 pytestmark = pytest.mark.unit
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from kopflet.api import NodeAgent
+from kopflet.api import Instance, NodeAgent
+from kopflet.api.constants import AGENT_FINALIZER, NODE_NAME_LABEL
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder
 from kopflet.controller.instance_state import NO_REQUESTS, NodeName, Requests
 from kopflet.controller.kube_api import Conflict, JsonObject
-from kopflet.controller.scheduler import Scheduler
+from kopflet.controller.scheduler import Scheduler, bind_patch
 from kopflet.controller.scheduling import (
     Capacity,
     NodeSnapshot,
@@ -134,6 +135,7 @@ class SlowBinder:
         self.seen: list[str] = []
         self.status_writes = 0
         self.refuse: set[str] = set()
+        self.patches: list[Any] = []
 
     async def merge_patch(self, path: str, patch: Any) -> JsonObject:
         await asyncio.sleep(0.01)
@@ -144,6 +146,7 @@ class SlowBinder:
         if name in self.refuse:
             raise Conflict(409, "Conflict", "changed")
         self.seen.append(name)
+        self.patches.append(patch)
         self.bound[patch["spec"]["nodeName"]] += 1
         return {"metadata": {"resourceVersion": "2"}}
 
@@ -206,6 +209,48 @@ def test_a_burst_of_binds_in_flight_never_overcommits_a_node() -> None:
     api = asyncio.run(scenario())
     assert api.bound == {"small": 10, "tiny": 2}
     assert len(api.seen) == len(set(api.seen)) == 12
+
+
+def test_the_bind_puts_the_agents_finalizer_on_with_the_node() -> None:
+    bare = Instance.from_dict(unbound(1))
+    assert bind_patch(bare, NodeName("n1")) == {
+        "metadata": {
+            "resourceVersion": "1",
+            "labels": {NODE_NAME_LABEL: "n1"},
+            "finalizers": [AGENT_FINALIZER],
+        },
+        "spec": {"nodeName": "n1"},
+    }
+    # A merge patch replaces the list: others' finalizers are kept, in their order, and the
+    # resourceVersion precondition makes sure the list is the one the patch was made from.
+    theirs = unbound(2)
+    theirs["metadata"]["finalizers"] = ["example.com/keep", "example.com/also"]
+    patch = bind_patch(Instance.from_dict(theirs), NodeName("n1"))
+    assert patch["metadata"]["finalizers"] == [
+        "example.com/keep",
+        "example.com/also",
+        AGENT_FINALIZER,
+    ]
+    # Already there (put on by hand, say): the list is left alone.
+    held = unbound(3)
+    held["metadata"]["finalizers"] = [AGENT_FINALIZER]
+    assert "finalizers" not in bind_patch(Instance.from_dict(held), NodeName("n1"))["metadata"]
+
+
+def test_every_bind_of_a_pass_carries_the_agents_finalizer() -> None:
+    async def scenario() -> SlowBinder:
+        api = SlowBinder()
+        cache = ClusterCache.from_objects(
+            nodes=[agent("one", memory="1Gi")], instances=[unbound(n) for n in range(3)]
+        )
+        scheduler = Scheduler(lambda: cache, api, EventRecorder(api, instance="test"))
+        await scheduler.schedule_pending()
+        await asyncio.sleep(0.1)
+        return api
+
+    api = asyncio.run(scenario())
+    assert len(api.patches) == 3
+    assert all(p["metadata"]["finalizers"] == [AGENT_FINALIZER] for p in api.patches)
 
 
 def test_a_refused_bind_frees_its_capacity_for_the_next_pass() -> None:

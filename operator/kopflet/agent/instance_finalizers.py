@@ -32,13 +32,12 @@ from kopflet.agent.kube_client import (
     object_path,
 )
 from kopflet.agent.status_patch import (
-    AGENT_FINALIZER,
     finalizer_patch,
     finalizers_with,
     finalizers_without,
 )
 from kopflet.api import UID, Instance
-from kopflet.api.constants import INSTANCE_PLURAL
+from kopflet.api.constants import AGENT_FINALIZER, INSTANCE_PLURAL
 
 #: Conflicts in a row before a request waits for the next round.
 MAX_CONFLICTS = 5

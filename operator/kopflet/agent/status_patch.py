@@ -8,12 +8,7 @@ handful of scalar fields is cheaper to compare than to diff deeper.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
-
-#: The finalizer the agent puts on its node's Instances: the object stays until the
-#: node's containers of it are gone. The controller releases ``kopflet.dev/``-prefixed
-#: finalizers itself only for Instances of a node that is gone.
-AGENT_FINALIZER: Final = "kopflet.dev/agent"
+from typing import Any
 
 
 def status_merge_patch(

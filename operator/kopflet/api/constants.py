@@ -19,6 +19,12 @@ NODE_LEASE_NAMESPACE: Final = "kopflet-node-lease"
 #: Label the scheduler puts on an Instance together with ``spec.nodeName``, so an
 #: agent can watch only its own node's Instances with a server-side label selector.
 NODE_NAME_LABEL: Final = "kopflet.dev/node-name"
+#: The agent's finalizer on its node's Instances: the object stays until the node's
+#: containers of it are gone. The scheduler puts it on with the binding (one write less
+#: than the agent adding it); the agent adds it to an Instance bound any other way. The
+#: controller releases ``kopflet.dev/``-prefixed finalizers itself only for Instances of a
+#: node that is gone.
+AGENT_FINALIZER: Final = "kopflet.dev/agent"
 #: Template hash of the Workload revision an Instance belongs to.
 TEMPLATE_HASH_LABEL: Final = "kopflet.dev/template-hash"
 

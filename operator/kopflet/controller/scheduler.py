@@ -17,11 +17,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from loguru import logger
 
 from kopflet.api import Condition, Instance, find_condition, set_condition
-from kopflet.api.constants import CONDITION_SCHEDULED, INSTANCE_PLURAL, NODE_NAME_LABEL
+from kopflet.api.constants import (
+    AGENT_FINALIZER,
+    CONDITION_SCHEDULED,
+    INSTANCE_PLURAL,
+    NODE_NAME_LABEL,
+)
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder, ref_of
 from kopflet.controller.instance_state import (
@@ -45,6 +51,21 @@ ASSUME_TTL_SECONDS = 30.0
 _BIND_CONCURRENCY = 32
 #: The per-node usage is kept up to date from events and rebuilt from the cache this often.
 USAGE_REBUILD_SECONDS = 60.0
+
+
+def bind_patch(instance: Instance, node: NodeName) -> dict[str, Any]:
+    """The merge patch binding ``instance`` to ``node``: ``spec.nodeName``, the node label
+    the agent's watch selects on, and the agent's finalizer, which the agent would
+    otherwise add in a write of its own. Conditional on the resourceVersion read, so the
+    finalizer list it replaces is the one it was computed from. Pure."""
+    metadata: dict[str, Any] = {
+        "resourceVersion": instance.metadata.resource_version,
+        "labels": {NODE_NAME_LABEL: node},
+    }
+    finalizers = list(instance.metadata.finalizers or ())
+    if AGENT_FINALIZER not in finalizers:
+        metadata["finalizers"] = [*finalizers, AGENT_FINALIZER]
+    return {"metadata": metadata, "spec": {"nodeName": node}}
 
 
 @dataclass(frozen=True)
@@ -197,16 +218,7 @@ class Scheduler:
         path = custom_path(INSTANCE_PLURAL, namespace=key.namespace, name=key.name)
         async with self._gate:
             try:
-                bound = await self._api.merge_patch(
-                    path,
-                    {
-                        "metadata": {
-                            "resourceVersion": instance.metadata.resource_version,
-                            "labels": {NODE_NAME_LABEL: node},
-                        },
-                        "spec": {"nodeName": node},
-                    },
-                )
+                bound = await self._api.merge_patch(path, bind_patch(instance, node))
             except (Conflict, NotFound):
                 # Changed or deleted since we read it: forget the decision, look again.
                 self._assumed.pop(key, None)
