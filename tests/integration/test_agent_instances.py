@@ -67,6 +67,10 @@ def test_instance_bound_to_node_2_runs_there_and_reports_running_ready(
     assert "running" in container["state"]
     assert {c["type"] for c in status["conditions"]} >= {"Initialized", "ContainersReady", "Ready"}
     assert FINALIZER in obj["metadata"]["finalizers"]
+    # Bound by hand, not by the scheduler: the agent put its finalizer on itself. Its writes
+    # carry its own field manager, as the kubelet's carry "kubelet".
+    managers = {(e["manager"], e.get("subresource", "")) for e in obj["metadata"]["managedFields"]}
+    assert {("kopflet-agent", ""), ("kopflet-agent", "status")} <= managers, managers
     # On node-2's engine, and there only: the one container, labelled with the uid, holding
     # the instance's address itself (an instance of one container has no sandbox).
     on_node = containers_of(cluster, node, uid)

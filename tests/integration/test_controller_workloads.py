@@ -27,6 +27,7 @@ from test_controller_harness import (
 
 from conftest import TestCluster
 from kopflet.api.constants import (
+    AGENT_FINALIZER,
     GROUP,
     INSTANCE_PLURAL,
     TEMPLATE_HASH_LABEL,
@@ -362,6 +363,41 @@ def test_binding_never_overcommits_a_node_under_a_burst(
     bound = [i for i in instances_of(admin, namespace, "burst") if i["spec"].get("nodeName")]
     assert len(bound) == 10
     assert {i["spec"]["nodeName"] for i in bound} == {node}
+
+
+def test_the_bind_puts_the_agents_finalizer_on_in_the_same_write(
+    cluster: TestCluster, admin: Api, fake_nodes: FakeNodes, namespace: str
+) -> None:
+    node = fake_nodes.add()
+    admin.create(
+        WORKLOAD_PLURAL, workload("held", replicas=2, node_selector=fake_nodes.selector), namespace
+    )
+    diagnose = lambda: cluster.diagnose("workload", "held", namespace)  # noqa: E731
+
+    def both_bound() -> list[dict[str, Any]] | None:
+        found = [i for i in instances_of(admin, namespace, "held") if i["spec"].get("nodeName")]
+        return found if len(found) == 2 else None
+
+    bound = wait_for(both_bound, timeout=60, message="2 instances bound", diagnose=diagnose)
+    finalizer = f'v:"{AGENT_FINALIZER}"'
+    for instance in bound:
+        assert instance["spec"]["nodeName"] == node
+        assert AGENT_FINALIZER in instance["metadata"]["finalizers"]
+        # The API server names each write's field manager after its User-Agent: the
+        # controller's bind holds nodeName and the finalizer, so nobody wrote the finalizer
+        # on its own (the stand-in agent adds it only where it is missing, as the agent does).
+        owners = {
+            entry["manager"]
+            for entry in instance["metadata"]["managedFields"]
+            if finalizer in entry["fieldsV1"].get("f:metadata", {}).get("f:finalizers", {})
+        }
+        assert owners == {"kopflet-controller"}, instance["metadata"]["managedFields"]
+        [bind] = [
+            entry
+            for entry in instance["metadata"]["managedFields"]
+            if entry["manager"] == "kopflet-controller" and not entry.get("subresource")
+        ]
+        assert "f:nodeName" in bind["fieldsV1"]["f:spec"]
 
 
 def test_deleting_a_workload_garbage_collects_its_instances(

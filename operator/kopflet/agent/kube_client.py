@@ -31,11 +31,15 @@ from typing import Any, Final
 import aiohttp
 import kubernetes
 
+from kopflet import __version__
 from kopflet.api.constants import GROUP, VERSION
 
 JsonObject = dict[str, Any]
 
 JSON: Final = "application/json"
+#: The API server names the field manager of a write after the User-Agent up to its first
+#: "/": ``kopflet-agent`` in ``managedFields``, as the kubelet's writes show ``kubelet``.
+USER_AGENT: Final = f"kopflet-agent/{__version__}"
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
 
@@ -221,7 +225,9 @@ class KubeClient:
                 limit=self._max_connections,
                 socket_factory=keepalive_socket,
             )
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT}
+            )
         return self._session
 
     async def close(self) -> None:

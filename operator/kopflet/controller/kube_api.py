@@ -22,12 +22,16 @@ from typing import Any, Protocol
 import aiohttp
 import kubernetes
 
+from kopflet import __version__
 from kopflet.api.constants import GROUP, VERSION
 
 JsonObject = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
 TOKEN_REFRESH_SECONDS = 60.0
+#: The field manager of the controller's writes in ``managedFields`` (the API server takes
+#: the User-Agent up to its first "/"), as kube-scheduler's binds show ``kube-scheduler``.
+USER_AGENT = f"kopflet-controller/{__version__}"
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -170,7 +174,9 @@ class KubeApi:
         connector = aiohttp.TCPConnector(
             ssl=ssl_context(self._configuration), limit=self._connections
         )
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}
+        )
 
     async def close(self) -> None:
         if self._session is not None:
