@@ -174,4 +174,5 @@ def test_a_standby_takes_over_within_15s_and_serves_metrics_and_health(
     assert "kopflet_controller_leader 1.0" in text
     assert 'kopflet_controller_reconciles_total{controller="workload",result="ok"}' in text
     assert "kopflet_controller_queue_latency_seconds_bucket" in text
+    assert "kopflet_controller_unschedulable_instances " in text
     assert 'kopflet_controller_api_requests_total{code="201",verb="POST"}' in text

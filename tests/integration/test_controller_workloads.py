@@ -328,6 +328,54 @@ def test_unschedulable_instance_reports_why_and_is_bound_once_a_node_fits(
     assert bound == fits
 
 
+def test_an_unschedulable_instance_is_bound_once_room_is_freed_on_its_node(
+    cluster: TestCluster, admin: Api, fake_nodes: FakeNodes, namespace: str
+) -> None:
+    node = fake_nodes.add(memory="64Mi")  # room for one of 48Mi
+    first = workload("first", replicas=1, node_selector=fake_nodes.selector, memory="48Mi")
+    admin.create(WORKLOAD_PLURAL, first, namespace)
+    wait_for(
+        lambda: [i for i in instances_of(admin, namespace, "first") if i["spec"].get("nodeName")],
+        timeout=60,
+        message="the first bound",
+        diagnose=lambda: cluster.diagnose("workload", "first", namespace),
+    )
+    admin.create(
+        WORKLOAD_PLURAL,
+        workload("second", replicas=1, node_selector=fake_nodes.selector, memory="48Mi"),
+        namespace,
+    )
+    diagnose = lambda: cluster.diagnose("workload", "second", namespace)  # noqa: E731
+
+    def waiting() -> str | None:
+        for item in instances_of(admin, namespace, "second"):
+            scheduled = condition(item, "Scheduled")
+            if scheduled and scheduled["status"] == "False":
+                return str(scheduled["message"])
+        return None
+
+    assert "1 insufficient memory" in wait_for(
+        waiting, timeout=30, message="the second unschedulable", diagnose=diagnose
+    )
+    # The node does not change; only the first's Instance goes, giving its room back.
+    admin.delete(WORKLOAD_PLURAL, "first", namespace)
+    bound = wait_for(
+        lambda: next(
+            (
+                i["spec"].get("nodeName")
+                for i in instances_of(admin, namespace, "second")
+                if i["spec"].get("nodeName")
+            ),
+            None,
+        ),
+        timeout=60,
+        message="the second bound once the first is gone",
+        diagnose=diagnose,
+    )
+    assert bound == node
+    assert not instances_of(admin, namespace, "first")
+
+
 def test_binding_never_overcommits_a_node_under_a_burst(
     cluster: TestCluster, admin: Api, fake_nodes: FakeNodes, namespace: str
 ) -> None:

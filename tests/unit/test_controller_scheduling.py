@@ -10,9 +10,10 @@ import pytest
 
 from kopflet.api import Instance, NodeAgent
 from kopflet.api.constants import AGENT_FINALIZER, NODE_NAME_LABEL
+from kopflet.controller import scheduler as scheduler_module
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder
-from kopflet.controller.instance_state import NO_REQUESTS, NodeName, Requests
+from kopflet.controller.instance_state import NO_REQUESTS, NodeName, ObjectKey, Requests
 from kopflet.controller.kube_api import Conflict, JsonObject
 from kopflet.controller.scheduler import Scheduler, bind_patch
 from kopflet.controller.scheduling import (
@@ -285,3 +286,93 @@ def test_node_usage_counts_each_instance_once_however_often_it_is_seen() -> None
     assert usage.used("n1") == Requests(cpu_millis=0, memory_bytes=16 * MI, instances=1)
     usage.observe("u-1", None)  # deleted
     assert usage.used("n1") == Requests(0, 0, 0) and "u-1" not in usage
+
+
+# --- parked: an unschedulable Instance waits for something that could make room ------------
+
+
+def bound_to(n: int, node_name: str) -> dict[str, Any]:
+    body = unbound(n)
+    body["spec"]["nodeName"] = node_name
+    return body
+
+
+def test_an_unschedulable_instance_is_not_tried_again_until_something_changes() -> None:
+    async def scenario() -> tuple[list[int], SlowBinder, Scheduler]:
+        api = SlowBinder()
+        cache = ClusterCache.from_objects(
+            nodes=[agent("one", memory="8Mi")], instances=[unbound(0)]
+        )
+        scheduler = Scheduler(lambda: cache, api, EventRecorder(api, instance="test"))
+        tried = [await scheduler.schedule_pending()]
+        # Events of other objects wake the loop; none could make room: it stays parked.
+        tried += [await scheduler.schedule_pending(), await scheduler.schedule_pending()]
+        parked = scheduler.parked
+        scheduler.nodes_changed()  # a NodeAgent event: tried again, and parked again
+        tried.append(await scheduler.schedule_pending())
+        tried.append(parked)
+        return tried, api, scheduler
+
+    tried, api, scheduler = asyncio.run(scenario())
+    assert tried == [1, 0, 0, 1, 1]
+    assert api.status_writes == 2  # Scheduled=False, once per try: the cache never caught up
+    assert scheduler.parked == 1
+
+
+def test_room_freed_on_a_node_wakes_what_is_parked() -> None:
+    async def scenario() -> SlowBinder:
+        api = SlowBinder()
+        nodes = [agent("one", memory="16Mi")]
+        caches = [
+            ClusterCache.from_objects(nodes=nodes, instances=[bound_to(0, "one"), unbound(1)])
+        ]
+        scheduler = Scheduler(lambda: caches[-1], api, EventRecorder(api, instance="test"))
+        assert await scheduler.schedule_pending() == 1  # i-1 tried: no room, parked
+        assert await scheduler.schedule_pending() == 0
+        # i-0 is deleted; the watch's event is indexed, then observed.
+        caches.append(ClusterCache.from_objects(nodes=nodes, instances=[unbound(1)]))
+        scheduler.observe("u-0", ObjectKey("ns", "i-0"))
+        assert await scheduler.schedule_pending() == 1
+        await asyncio.sleep(0.1)
+        return api
+
+    api = asyncio.run(scenario())
+    assert api.seen == ["i-1"]
+
+
+def test_its_own_spec_change_or_the_retry_period_tries_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> list[int]:
+        api = SlowBinder()
+        nodes = [agent("one", memory="8Mi")]
+        caches = [ClusterCache.from_objects(nodes=nodes, instances=[unbound(0)])]
+        scheduler = Scheduler(lambda: caches[-1], api, EventRecorder(api, instance="test"))
+        tried = [await scheduler.schedule_pending(), await scheduler.schedule_pending()]
+        changed = unbound(0)
+        changed["metadata"]["generation"] = 2
+        caches.append(ClusterCache.from_objects(nodes=nodes, instances=[changed]))
+        tried += [await scheduler.schedule_pending(), await scheduler.schedule_pending()]
+        monkeypatch.setattr(scheduler_module, "RETRY_SECONDS", 0.05)
+        await asyncio.sleep(0.06)
+        tried.append(await scheduler.schedule_pending())
+        return tried
+
+    assert asyncio.run(scenario()) == [1, 0, 1, 0, 1]
+
+
+def test_node_usage_says_when_room_was_given_back() -> None:
+    from kopflet.controller.instance_state import requests_of
+    from kopflet.controller.node_usage import NodeUsage
+
+    usage = NodeUsage(requests_of)
+    on_n1 = Instance.from_dict(bound_to(1, "n1"))
+    assert usage.observe("u-1", Instance.from_dict(unbound(1))) is False  # not bound yet
+    assert usage.observe("u-1", on_n1) is False  # bound: takes room, gives none back
+    assert usage.observe("u-1", on_n1) is False  # the same again
+    finished = bound_to(1, "n1")
+    finished["status"] = {"phase": "Succeeded"}
+    assert usage.observe("u-1", Instance.from_dict(finished)) is True
+    assert usage.observe("u-1", on_n1) is False
+    assert usage.observe("u-1", None) is True  # deleted
+    assert usage.observe("u-1", None) is False

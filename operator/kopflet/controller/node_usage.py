@@ -39,15 +39,16 @@ class NodeUsage:
     def __contains__(self, uid: object) -> bool:
         return uid in self._entries
 
-    def observe(self, uid: str, instance: Instance | None) -> None:
-        """The Instance of this UID as it is now (``None``: gone)."""
+    def observe(self, uid: str, instance: Instance | None) -> bool:
+        """The Instance of this UID as it is now (``None``: gone). True if that gave back
+        room on a node: what it held there is held no longer, or less of it."""
         old = self._entries.pop(uid, None)
         if old is not None:
             self._used[old.node] = self._used.get(old.node, NO_REQUESTS) - old.requests
             if old.owner:
                 self._owners[old.node][old.owner] -= 1
         if instance is None or not instance.spec.node_name or is_finished(instance):
-            return
+            return old is not None
         entry = _Entry(
             node=NodeName(instance.spec.node_name),
             requests=self._requests_of(instance),
@@ -57,6 +58,7 @@ class NodeUsage:
         self._used[entry.node] = self._used.get(entry.node, NO_REQUESTS) + entry.requests
         if entry.owner:
             self._owners.setdefault(entry.node, Counter())[entry.owner] += 1
+        return old is not None and (old.node != entry.node or old.requests != entry.requests)
 
     def rebuild(self, instances: Iterable[Instance]) -> None:
         self._entries.clear()

@@ -52,6 +52,12 @@ class ControllerMetrics:
             ["controller"],
             registry=self.registry,
         )
+        self.unschedulable = Gauge(
+            "kopflet_controller_unschedulable_instances",
+            "Unbound Instances no node could take, parked until a node changes or room is"
+            " freed (kube-scheduler's pending pods in its unschedulable queue).",
+            registry=self.registry,
+        )
         self.objects = Gauge(
             "kopflet_controller_objects",
             "Objects in the controller's cache, by kind and phase.",

@@ -234,6 +234,7 @@ class ControllerRuntime:
     def _scheduler_pass(self, seconds: float, decided: int) -> None:
         self.metrics.duration.labels(controller="scheduler").observe(seconds)
         self.metrics.reconciles.labels(controller="scheduler", result="ok").inc()
+        self.metrics.unschedulable.set(self.scheduler.parked)
 
     # --- periodic passes -------------------------------------------------------------------
 
@@ -375,7 +376,7 @@ class ControllerRuntime:
         name = _key(body).name
         self.node_queue.add(name)
         self.ipam_queue.add(name)
-        self.scheduler.wake()
+        self.scheduler.nodes_changed()
 
     def on_lease(self, event_type: str | None, body: Body) -> None:
         self._open_gate()

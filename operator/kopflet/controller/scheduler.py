@@ -6,6 +6,12 @@ assumed until the watch shows the Instance bound. Binds then run concurrently wi
 overcommitting a node, because no two decisions see the same free capacity — the kube-
 scheduler's assume cache. The bind itself is conditional on the Instance's resourceVersion, so
 an Instance is bound once even if two binders race for it.
+
+An Instance no node can take is parked, as kube-scheduler parks it in its unschedulable
+pool: later passes skip it until something that could make room happens -- a node changes,
+capacity bound to a node is released, an assumed bind is given up -- or the Instance's own
+spec changes, and every ``RETRY_SECONDS`` regardless. Without that, each of a burst's watch
+events would re-evaluate every pending Instance, a cost growing with how many wait.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from kopflet.controller.node_usage import NodeUsage
 from kopflet.controller.scheduling import NodeSnapshot, choose_node, snapshot_of
 
 REASON_UNSCHEDULABLE = "Unschedulable"
-#: Unschedulable Instances are retried on every node or Instance change, and at least this often.
+#: Unschedulable Instances are retried when a node changes or capacity is freed, and at
+#: least this often.
 RETRY_SECONDS = 10.0
 #: A bind not seen through the watch after this long is forgotten (its capacity freed).
 ASSUME_TTL_SECONDS = 30.0
@@ -97,9 +104,24 @@ class Scheduler:
         self._usage_built_at = -USAGE_REBUILD_SECONDS
         self._binds: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(_BIND_CONCURRENCY)
+        # Bumped whenever a node may have changed or room may have been freed on one; an
+        # Instance found unschedulable is parked under the epoch it was tried in.
+        self._epoch = 0
+        self._flushed_at = time.monotonic()
+        self._parked: dict[str, tuple[int, int]] = {}  # UID -> (its generation, epoch)
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def nodes_changed(self) -> None:
+        """A node was added, changed or removed: parked Instances are tried again."""
+        self._epoch += 1
+        self.wake()
+
+    @property
+    def parked(self) -> int:
+        """Unschedulable Instances waiting for a node change or freed capacity."""
+        return len(self._parked)
 
     async def run(self) -> None:
         while True:
@@ -129,9 +151,11 @@ class Scheduler:
         instance = self._cache().instance(key)
         if instance is not None and str(instance.metadata.uid) != uid:
             instance = None  # a new object of the same name: the old one is gone
-        self._usage.observe(uid, instance)
+        if self._usage.observe(uid, instance):
+            self._epoch += 1  # room freed on a node
         if instance is None:
             self._requests.pop(uid, None)
+            self._parked.pop(uid, None)
 
     def _snapshot(self, cache: ClusterCache) -> dict[NodeName, NodeSnapshot]:
         now = time.monotonic()
@@ -140,6 +164,7 @@ class Scheduler:
             self._usage_built_at = now
             live = {str(i.metadata.uid) for i in cache.all_instances()}
             self._requests = {u: r for u, r in self._requests.items() if u in live}
+            self._parked = {u: p for u, p in self._parked.items() if u in live}
         nodes: dict[NodeName, NodeSnapshot] = {}
         for node in cache.nodes():
             name = NodeName(node.metadata.name or "")
@@ -150,6 +175,7 @@ class Scheduler:
             current = cache.instance(key)
             if assumed.expires < now or current is None or str(current.metadata.uid) != assumed.uid:
                 del self._assumed[key]
+                self._epoch += 1  # its reservation is given back
                 continue
             if current.spec.node_name and assumed.uid in self._usage:
                 del self._assumed[key]  # bound, and the usage counts it now
@@ -176,17 +202,31 @@ class Scheduler:
         )
 
     async def schedule_pending(self) -> int:
-        """One pass over every unbound Instance; returns how many were decided."""
+        """One pass over every unbound Instance not parked; returns how many were tried."""
         cache = self._cache()
         if not cache.has_unbound_instances():
             self._assumed.clear()
+            self._parked.clear()
             return 0
+        now = time.monotonic()
+        if now - self._flushed_at >= RETRY_SECONDS:
+            self._epoch += 1
+            self._flushed_at = now
         nodes = self._snapshot(cache)
+        # Parked under this epoch: nothing has happened since that could fit them. Taken
+        # before any await, so room freed during the pass is seen by the next one.
+        epoch = self._epoch
         pending = sorted(
-            (i for i in cache.unbound_instances() if key_of(i) not in self._assumed),
+            (
+                i
+                for i in cache.unbound_instances()
+                if key_of(i) not in self._assumed
+                and self._parked.get(str(i.metadata.uid)) != (i.metadata.generation or 0, epoch)
+            ),
             key=creation_order_key,
         )
         for instance in pending:
+            uid = str(instance.metadata.uid)
             wanted = self._requests_of(instance)
             owner = controller_uid(instance)
             decision = choose_node(
@@ -197,10 +237,12 @@ class Scheduler:
                 seed=str(instance.metadata.uid),
             )
             if decision.node is None:
+                self._parked[uid] = (instance.metadata.generation or 0, epoch)
                 await self._unschedulable(instance, decision.message)
                 continue
+            self._parked.pop(uid, None)
             assumed = _Assumed(
-                uid=str(instance.metadata.uid),
+                uid=uid,
                 node=decision.node,
                 requests=wanted,
                 owner=owner,
@@ -221,13 +263,11 @@ class Scheduler:
                 bound = await self._api.merge_patch(path, bind_patch(instance, node))
             except (Conflict, NotFound):
                 # Changed or deleted since we read it: forget the decision, look again.
-                self._assumed.pop(key, None)
-                self.wake()
+                self._forget(key)
                 return
             except (ApiError, OSError, TimeoutError) as error:
                 logger.warning("binding {} to {} failed: {}", key, node, error)
-                self._assumed.pop(key, None)
-                self.wake()
+                self._forget(key)
                 return
             self._events.record(
                 ref_of(instance),
@@ -249,6 +289,12 @@ class Scheduler:
                     message=f"Bound to {node}",
                 ),
             )
+
+    def _forget(self, key: ObjectKey) -> None:
+        """Give up an assumed bind: its room is free again for whatever is parked."""
+        self._assumed.pop(key, None)
+        self._epoch += 1
+        self.wake()
 
     async def _unschedulable(self, instance: Instance, message: str) -> None:
         conditions = instance.status.conditions if instance.status else None
