@@ -282,6 +282,27 @@ def test_recreate_deletes_every_old_instance_before_creating_new_ones(
     assert all(i["metadata"]["creationTimestamp"] >= old_created for i in current)
 
 
+def unschedulable_message(api: Api, namespace: str, app: str) -> str | None:
+    """The message of an Instance's ``Scheduled=False``, once the scheduler has written it."""
+    for item in instances_of(api, namespace, app):
+        scheduled = condition(item, "Scheduled")
+        if scheduled and scheduled["status"] == "False":
+            assert scheduled["reason"] == "Unschedulable"
+            return str(scheduled["message"])
+    return None
+
+
+def bound_node(api: Api, namespace: str, app: str) -> str | None:
+    return next(
+        (
+            str(i["spec"]["nodeName"])
+            for i in instances_of(api, namespace, app)
+            if i["spec"].get("nodeName")
+        ),
+        None,
+    )
+
+
 def test_unschedulable_instance_reports_why_and_is_bound_once_a_node_fits(
     cluster: TestCluster, admin: Api, fake_nodes: FakeNodes, namespace: str
 ) -> None:
@@ -293,16 +314,12 @@ def test_unschedulable_instance_reports_why_and_is_bound_once_a_node_fits(
         namespace,
     )
     diagnose = lambda: cluster.diagnose("workload", "big", namespace)  # noqa: E731
-
-    def reported() -> str | None:
-        for item in instances_of(admin, namespace, "big"):
-            scheduled = condition(item, "Scheduled")
-            if scheduled and scheduled["status"] == "False":
-                assert scheduled["reason"] == "Unschedulable"
-                return str(scheduled["message"])
-        return None
-
-    message = wait_for(reported, timeout=30, message="Scheduled=False", diagnose=diagnose)
+    message = wait_for(
+        lambda: unschedulable_message(admin, namespace, "big"),
+        timeout=30,
+        message="Scheduled=False",
+        diagnose=diagnose,
+    )
     assert message.startswith("0/")
     assert "1 insufficient memory" in message
     assert "not ready" in message
@@ -313,14 +330,7 @@ def test_unschedulable_instance_reports_why_and_is_bound_once_a_node_fits(
 
     fits = fake_nodes.add(memory="4Gi")
     bound = wait_for(
-        lambda: next(
-            (
-                i["spec"].get("nodeName")
-                for i in instances_of(admin, namespace, "big")
-                if i["spec"].get("nodeName")
-            ),
-            None,
-        ),
+        lambda: bound_node(admin, namespace, "big"),
         timeout=30,
         message="bound once a node fits",
         diagnose=diagnose,
@@ -346,28 +356,16 @@ def test_an_unschedulable_instance_is_bound_once_room_is_freed_on_its_node(
         namespace,
     )
     diagnose = lambda: cluster.diagnose("workload", "second", namespace)  # noqa: E731
-
-    def waiting() -> str | None:
-        for item in instances_of(admin, namespace, "second"):
-            scheduled = condition(item, "Scheduled")
-            if scheduled and scheduled["status"] == "False":
-                return str(scheduled["message"])
-        return None
-
     assert "1 insufficient memory" in wait_for(
-        waiting, timeout=30, message="the second unschedulable", diagnose=diagnose
+        lambda: unschedulable_message(admin, namespace, "second"),
+        timeout=30,
+        message="the second unschedulable",
+        diagnose=diagnose,
     )
     # The node does not change; only the first's Instance goes, giving its room back.
     admin.delete(WORKLOAD_PLURAL, "first", namespace)
     bound = wait_for(
-        lambda: next(
-            (
-                i["spec"].get("nodeName")
-                for i in instances_of(admin, namespace, "second")
-                if i["spec"].get("nodeName")
-            ),
-            None,
-        ),
+        lambda: bound_node(admin, namespace, "second"),
         timeout=60,
         message="the second bound once the first is gone",
         diagnose=diagnose,
