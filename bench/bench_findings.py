@@ -12,34 +12,32 @@ FINDINGS: dict[str, str] = {
 phase, Instances created at a steady pace on nodes that already hold 100 each (ClusterLoader2's
 `testing/density` fills the nodes with saturation pods, then creates latency pods at 5 a second
 over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
-180 s). Here the pace is 1 a second over 3 nodes. The bursts miss the p50 overhead target (those of
-30 have met it in some runs, 0.36 s at e0dae26, and missed it by up to 1.35 s in others) for
-the control plane's CPU, measured (this page's runs were on a slower machine than the earlier
-ones: a bare container took 450-485 ms of CPU where it took 425-445, and the controller alone
-reconciled #5's 1,000 Workloads in 102 s where it took 87):
+180 s). Here the pace is 1 a second over 3 nodes. The burst of 30 meets the p50 overhead target
+on this page (0.30 s) and has missed it by up to 1.35 s on others; the burst of 300 misses it.
+Both for the control plane's CPU, measured:
 (a) A burst keeps the two cores busy, bare or ours, so every ms of CPU an Instance costs beyond
 a bare container delays the burst: with 30 at once over two cores each extra ms per Instance
 is ~15 ms of the burst's wall time. An Instance of one container is one container on the
 engine, as a bare `docker run` is (no sandbox, docs/RUNTIME.md), and what is left beyond it
-is the control plane: ~95-110 ms of CPU per Instance at 30 (API server and etcd 41-59 ms for
-the ~7 requests from create to Ready, the agents ~34, the controller 12-15; the #2 lines),
-against ~9 ms for the bare client. That is ~1.4-1.6 s of the burst's two cores, and it is the
-0.4-1.4 s by which our p50 has trailed. Within 0.5 s, the whole control plane would have to
-cost ~33 ms of CPU per Instance, less than the API server and etcd take for the requests
-themselves: the bound of a path through the Kubernetes API on a machine whose engines fill its
-cores. The requests are ~9 a lifecycle with none that changes nothing (#7). The agent's Docker
-calls now share one connection (they took one each before 77e3695): in bursts of 30 run one
-after another with and without it, the agents' CPU per Instance was 38 and 44 ms, dockerd's
-50-51 and 53 ms, and the p50 overhead 1.1-1.6 s either way.
-(b) Each agent now creates and starts at most 10 containers at once (`--max-parallel-starts`,
+is the control plane: ~85 ms of CPU per Instance at 30 on this page (API server and etcd 46
+ms for the ~7 requests from create to Ready, the agents 29, the controller 10; the #2 lines),
+~95-110 ms on earlier pages, against ~9 ms for the bare client. Since 58f965b the scheduler's
+bind puts the agent's finalizer on, which the agent used to add in a write of its own: one
+request less per Instance (#7: 8.1 a lifecycle, from 9.2), and with it one watch event less to
+every Instance watcher. Within 0.5 s, the whole control plane would have to cost ~33 ms of
+CPU per Instance, less than the API server and etcd take for the requests themselves: the
+bound of a path through the Kubernetes API on a machine whose engines fill its cores. The
+requests left are the kubelet's own set (4 events, 2 status writes, the bind, the finalizer's
+removal), none that changes nothing (#7).
+(b) Each agent creates and starts at most 10 containers at once (`--max-parallel-starts`,
 docs/RUNTIME.md), the bare client's 30 in flight over 3 nodes, so a burst of 30 is not held.
 At 300 a bare `docker run` blocks, so the client's 30 workers hold the rest of the burst back
 outside Docker and its per-request latency stays flat, while our 300 creates return at once and
 the Instances wait in the cluster: the baseline counted from its burst's start is printed
-beside it. With the gate our p50 at 300 was 34.6 s against bare's 35.1 s from its start (run at
-6988ee5) and 38.7 against 35.6 s (this page); without it, when each agent started its 100
-together and they all finished late, 51.5 against 34.8 s (e0dae26). Smaller gates (2 or 4 a
-node) were tried: they put the 30-burst's p50 at or below bare's by ordering alone, as bare
+beside it. Against that our p50 at 300 was 34.6 s against 35.1 s (6988ee5), 38.7 against 35.6
+s (77e3695) and 40.9 against 37.6 s (this page); without the gate, when each agent started its
+100 together and they all finished late, 51.5 against 34.8 s (e0dae26). Smaller gates (2 or 4
+a node) were tried: they put the 30-burst's p50 at or below bare's by ordering alone, as bare
 `docker run` with as few in flight would gain, while p99 grew (8.2-8.5 against 6.1-7.5 s)
 and, at 2 a node, #2's ratio went to 1.42.
 (c) Binding waits for CPU: created -> bound is printed with the p50 (15-20 s at 300, 0.4-1.5 s
@@ -94,12 +92,16 @@ a reset, the SYN again a second later -- 10-67 of them per 3 s round. The direct
 an `httpd` port of its own and every mode a client address of its own; the SYNs sent again are
 printed per round, 0 on every path but the node port. The node port masquerades with random
 source ports (`--random-fully`, as kube-proxy, against the SNAT race), so its connections meet
-the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up (12/113/228
-over this run's three rounds, 7/53/183 in the run before; 0.81 of direct, 0.74 within a round)
-and was 0 over three rounds with port-preserving `MASQUERADE` put in by hand (1,930-2,170
-conn/s, direct ~2,000): a kernel matter, kept for kube-proxy's reason (docs/PROXY.md,
-Requirements and limits). The userspace relay copies every byte through the agent process:
-about 0.5 of direct for new connections, about 1.0 for one stream.""",
+the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up, and with
+the rate: 35/250/260 over this page's three rounds (direct 2,650 conn/s; 0.56 of direct),
+5/53/151 at 77e3695 (direct 1,560 conn/s; 0.97), 12/113/228 and 7/53/183 before (0.81), and
+0 over three rounds with port-preserving `MASQUERADE` put in by hand (1,930-2,170 conn/s,
+direct ~2,000). Each such SYN stalls its connection a second, so the figure swings between
+runs around the 0.9 target. A kernel matter, kept for kube-proxy's reason (docs/PROXY.md,
+Requirements and limits): one client opening thousands of connections a second to one
+instance through one node's port is the worst case of it. The userspace relay copies every
+byte through the agent process: about 0.5 of direct for new connections, about 1.0 for one
+stream.""",
     "5": """\
 **#5 agent memory.** The agent's RSS grew with the Instances it had handled and never shrank
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
