@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 
-from kopflet.local.nodes import engine_answers, unmount_below
+from kopflet.local.nodes import alive, engine_answers, unmount_below
 
 _READY_TIMEOUT = 90.0
 _STOP_TIMEOUT = 30.0
@@ -140,24 +140,15 @@ def _netns_pids(config: BuildEngineConfig) -> list[int]:
     return [int(p) for p in _run(["ip", "netns", "pids", config.netns], check=False).stdout.split()]
 
 
-def _alive(pid: int) -> bool:
-    """Running, not merely a zombie waiting for its parent to collect it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _kill_all(pids: list[int], *, timeout: float = _STOP_TIMEOUT) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.2)
-        if not any(_alive(p) for p in pids):
+        if not any(alive(p) for p in pids):
             return
 
 

@@ -314,10 +314,13 @@ def down(config: ClusterConfig, *, remove_data: bool = True) -> None:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        # Started by this process (``up`` in the same one), it stays a zombie until
+        # collected: gone is not in /proc, or a zombie.
+        while time.monotonic() < deadline and nodes.alive(pid):
             time.sleep(0.3)
-        if Path(f"/proc/{pid}").exists():
+        if nodes.alive(pid):
             os.kill(pid, signal.SIGKILL)
+        nodes.reap(pid)
     # What a crashed supervisor left behind: its children, found by the directories they use.
     nodes._kill_pids(_pids_referring_to(config.run_dir, config.state_dir), timeout=15)
     for netns in nodes.our_netns(config):

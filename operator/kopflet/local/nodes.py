@@ -143,13 +143,29 @@ def engine_answers(docker_host: str) -> bool:
         client.close()
 
 
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to collect it (a process this
+    one started and has not waited for stays in /proc until it does)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of ours; anyone else's is left alone."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def _kill_pids(pids: list[int], *, timeout: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.2)
 
 
