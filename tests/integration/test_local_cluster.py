@@ -300,3 +300,25 @@ def test_up_reports_a_running_cluster_and_down_removes_everything_even_after_a_c
     assert _leftovers(config) == []
     local_cluster.down(config)
     assert _leftovers(config) == []
+
+
+@pytest.mark.timeout(600)
+def test_down_in_the_process_that_ran_up_does_not_wait_out_its_deadline(
+    cluster: TestCluster,
+) -> None:
+    """The test session's own case: the supervisor is a child of the process calling down, so
+    once stopped it is a zombie, still in /proc, until collected. down must take it for gone
+    at once rather than wait its 120 s deadline for /proc to let go of it."""
+    _check_infrastructure()
+    config = ClusterConfig(name="kopflet-downtest", index=2, nodes=1)
+    local_cluster.down(config)
+    try:
+        local_cluster.up(config)
+        started = time.monotonic()
+        local_cluster.down(config)
+        took = time.monotonic() - started
+    finally:
+        local_cluster.down(config)
+    # A stop takes seconds; 60 s is far from that and as far from the 120 s deadline.
+    assert took < 60, f"down took {took:.0f} s: it waited for a supervisor already stopped"
+    assert _leftovers(config) == []
