@@ -13,8 +13,15 @@ from kopflet.api.constants import AGENT_FINALIZER, NODE_NAME_LABEL
 from kopflet.controller import scheduler as scheduler_module
 from kopflet.controller.cluster_cache import ClusterCache
 from kopflet.controller.events import EventRecorder
-from kopflet.controller.instance_state import NO_REQUESTS, NodeName, ObjectKey, Requests
+from kopflet.controller.instance_state import (
+    NO_REQUESTS,
+    NodeName,
+    ObjectKey,
+    Requests,
+    requests_of,
+)
 from kopflet.controller.kube_api import Conflict, JsonObject
+from kopflet.controller.node_usage import NodeUsage
 from kopflet.controller.scheduler import Scheduler, bind_patch
 from kopflet.controller.scheduling import (
     Capacity,
@@ -192,6 +199,12 @@ def unbound(n: int) -> dict[str, Any]:
     }
 
 
+def bound_to(n: int, node_name: str) -> dict[str, Any]:
+    body = unbound(n)
+    body["spec"]["nodeName"] = node_name
+    return body
+
+
 def test_a_burst_of_binds_in_flight_never_overcommits_a_node() -> None:
     async def scenario() -> SlowBinder:
         api = SlowBinder()
@@ -274,12 +287,8 @@ def test_a_refused_bind_frees_its_capacity_for_the_next_pass() -> None:
 
 
 def test_node_usage_counts_each_instance_once_however_often_it_is_seen() -> None:
-    from kopflet.api import Instance
-    from kopflet.controller.instance_state import requests_of
-    from kopflet.controller.node_usage import NodeUsage
-
     usage = NodeUsage(requests_of)
-    bound = Instance.from_dict({**unbound(1), "spec": {**unbound(1)["spec"], "nodeName": "n1"}})
+    bound = Instance.from_dict(bound_to(1, "n1"))
     usage.observe("u-1", bound)
     usage.observe("u-1", bound)  # the same state again, from a rebuild or a repeated event
     usage.rebuild([bound])
@@ -289,12 +298,6 @@ def test_node_usage_counts_each_instance_once_however_often_it_is_seen() -> None
 
 
 # --- parked: an unschedulable Instance waits for something that could make room ------------
-
-
-def bound_to(n: int, node_name: str) -> dict[str, Any]:
-    body = unbound(n)
-    body["spec"]["nodeName"] = node_name
-    return body
 
 
 def test_an_unschedulable_instance_is_not_tried_again_until_something_changes() -> None:
@@ -362,9 +365,6 @@ def test_its_own_spec_change_or_the_retry_period_tries_it_again(
 
 
 def test_node_usage_says_when_room_was_given_back() -> None:
-    from kopflet.controller.instance_state import requests_of
-    from kopflet.controller.node_usage import NodeUsage
-
     usage = NodeUsage(requests_of)
     on_n1 = Instance.from_dict(bound_to(1, "n1"))
     assert usage.observe("u-1", Instance.from_dict(unbound(1))) is False  # not bound yet

@@ -234,7 +234,7 @@ class Scheduler:
                 node_selector=instance.spec.node_selector,
                 owner_uid=owner,
                 nodes=list(nodes.values()),
-                seed=str(instance.metadata.uid),
+                seed=uid,
             )
             if decision.node is None:
                 self._parked[uid] = (instance.metadata.generation or 0, epoch)
