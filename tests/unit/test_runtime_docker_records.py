@@ -98,3 +98,14 @@ def test_only_our_start_die_oom_events_become_runtime_events() -> None:
     assert event is not None and (event.kind, event.instance_uid) == (EventKind.DIE, "u")
     assert event_from({"Action": "die", "Actor": {"ID": "x", "Attributes": {}}}) is None
     assert event_from({"Action": "rename", "Actor": ours["Actor"]}) is None
+
+
+def test_an_event_tells_when_the_engine_logged_it_never_too_early() -> None:
+    actor = {"ID": "abc", "Attributes": LABELS.render()}
+    timed = event_from({"Action": "start", "Actor": actor, "timeNano": 1_700_000_000_250_000_000})
+    assert timed is not None and timed.at == pytest.approx(1_700_000_000.25)
+    # Whole seconds only: the end of that second, a bound the change came no later than.
+    coarse = event_from({"Action": "start", "Actor": actor, "time": 1_700_000_000})
+    assert coarse is not None and coarse.at == 1_700_000_001.0
+    untimed = event_from({"Action": "start", "Actor": actor})
+    assert untimed is not None and untimed.at is None

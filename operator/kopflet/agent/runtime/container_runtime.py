@@ -161,6 +161,9 @@ class RuntimeEvent:
     kind: EventKind
     container_id: ContainerID
     instance_uid: UID
+    #: When the engine logged it (epoch seconds, the engine's clock: the node's), after the
+    #: change was visible to its listings and inspects; ``None`` if it did not say.
+    at: float | None = None
 
 
 class ContainerRuntime(Protocol):

@@ -82,5 +82,20 @@ def event_from(message: Mapping[str, Any]) -> RuntimeEvent | None:
     if labels is None:
         return None
     return RuntimeEvent(
-        kind=kind, container_id=ContainerID(actor.get("ID", "")), instance_uid=labels.instance_uid
+        kind=kind,
+        container_id=ContainerID(actor.get("ID", "")),
+        instance_uid=labels.instance_uid,
+        at=_event_time(message),
     )
+
+
+def _event_time(message: Mapping[str, Any]) -> float | None:
+    """``timeNano`` as epoch seconds; else the whole-second ``time``, rounded up: the time
+    is a bound the change came no later than, never one that is too early."""
+    nanos = message.get("timeNano")
+    if isinstance(nanos, int) and nanos > 0:
+        return nanos / 1e9
+    seconds = message.get("time")
+    if isinstance(seconds, int) and seconds > 0:
+        return float(seconds + 1)
+    return None

@@ -1,9 +1,11 @@
 """The runtime half's sync loop: one worker per instance, woken by Docker events and the relist.
 
-Level-triggered: a worker's pass re-reads the instance's containers from the engine,
-plans, acts, re-reads, and reports status; what woke it (a Docker event, a probe result,
-a new spec, a timer) only decides *when*. One worker per instance keeps the passes of
-one instance in order while instances sync in parallel.
+Level-triggered: a worker's pass reads the instance's containers, plans, acts, re-reads,
+and reports status; what woke it (a Docker event, a probe result, a new spec, a timer) only
+decides *when*. A read is kept for the next pass until the engine may have changed the
+instance since (``instance_reads``): a pass that follows no change asks the engine nothing.
+One worker per instance keeps the passes of one instance in order while instances sync in
+parallel.
 
 Nothing is removed before the first complete desired set arrived (``set_desired``): an
 agent that restarts while the API server is away must not mistake "not yet known" for
@@ -38,6 +40,7 @@ from kopflet.agent.runtime.instance_actions import (
     Waiting,
     plan_instance_actions,
 )
+from kopflet.agent.runtime.instance_reads import InstanceReads
 from kopflet.agent.runtime.instance_status import StatusInputs, compute_instance_status
 from kopflet.agent.runtime.labels import ContainerID
 from kopflet.agent.runtime.probe_manager import ProbeManager
@@ -101,6 +104,7 @@ class RuntimeEngine:
         self._crash_backoff: BackoffTable[CrashKey] = BackoffTable()
         self._image_backoff: BackoffTable[PullKey] = BackoffTable()
         self._relister = Relister(runtime, self._clock)
+        self._reads = InstanceReads(max_age_seconds=config.resync_period_seconds)
         #: Which address each instance holds; learnt from the first relist before any
         #: worker may pick one.
         self._addresses = InstanceAddresses(config.instance_subnet, clock=self._clock.now)
@@ -246,10 +250,10 @@ class RuntimeEngine:
                 if not failed_before:
                     self._engine_trouble()
             else:
-                metrics.RELIST_DURATION.observe(self._clock.now() - started)
+                listed_at = self._clock.now()
+                metrics.RELIST_DURATION.observe(listed_at - started)
                 self._learn_addresses()
-                for uid in {e.instance_uid for e in events}:
-                    self.wake(uid)
+                self._relisted({e.instance_uid for e in events}, at=listed_at)
                 if self._desired_known.is_set():
                     for uid in self._relister.instance_uids():
                         self._ensure_worker(uid)
@@ -294,11 +298,32 @@ class RuntimeEngine:
                 # raises right away); the relist this asks for finds what came before.
                 self._set_events_open(True)
                 async for event in events:
-                    self.wake(event.instance_uid)
+                    at = self._clock.now() if event.at is None else event.at
+                    self._engine_changed(event.instance_uid, at=at)
             except Exception as exc:  # the relist is the backstop while events are away
                 logger.warning("docker events interrupted: {}", exc)
             self._set_events_open(False)
             await self._clock.sleep(RETRY_SECONDS)
+
+    def _engine_changed(self, uid: UID, *, at: float) -> None:
+        """The engine changed one of the instance's containers, at ``at`` or before: a
+        pass, unless the instance's last read came after (our own start, read back)."""
+        if uid not in self._workers and uid not in self._desired:
+            return
+        if self._reads.changed(uid, at=at):
+            self.wake(uid)
+
+    def _relisted(self, changed: set[UID], *, at: float) -> None:
+        """The relist that returned at ``at`` found these instances' containers changed."""
+        states: dict[UID, dict[ContainerID, RunState]] = {uid: {} for uid in changed}
+        for state in self._relister.records.values():
+            if state.instance_uid in states:
+                states[state.instance_uid][state.id] = state.state
+        for uid, listed in states.items():
+            if uid not in self._workers and uid not in self._desired:
+                continue
+            if self._reads.listed(uid, listed, at=at):
+                self.wake(uid)
 
     def _set_events_open(self, open_: bool) -> None:
         if open_ != self._events_open:
@@ -385,7 +410,7 @@ class RuntimeEngine:
     async def _sync(self, uid: UID) -> tuple[bool, float | None]:
         """One pass; returns (nothing of the instance is left, when to sync again)."""
         desired = self._desired.get(uid)
-        observed = observed_instance(uid, await self._runtime.list_containers(uid))
+        observed = await self._read(uid)
         if desired is None and not observed.all:
             self._forget(uid)
             return True, None
@@ -411,12 +436,14 @@ class RuntimeEngine:
                 message=f"Back-off restarting failed container {backing_off.name}: "
                 f"{backing_off.message}",
             )
+        if not actions.is_empty:
+            self._reads.acting(uid)
         result = await self._syncer.execute(desired, observed, actions, ref)
         restarts = sum(1 for s in actions.start if s.restart_count > 0)
         if restarts:
             metrics.CONTAINER_RESTARTS.inc(restarts)
         if not actions.is_empty:
-            observed = observed_instance(uid, await self._runtime.list_containers(uid))
+            observed = await self._read(uid)
         wake_at = min((t for t in (actions.wake_at, result.wake_at) if t is not None), default=None)
         if result.changed or result.failed:
             # Confirm what was done with a fresh pass at once (a removal wakes nothing
@@ -438,6 +465,15 @@ class RuntimeEngine:
             if not await self._report(desired, observed, waiting):
                 wake_at = min(wake_at or now + RETRY_SECONDS, now + RETRY_SECONDS)
         return False, wake_at
+
+    async def _read(self, uid: UID) -> ObservedInstance:
+        """The instance's containers: the last read if still good, else the engine's."""
+        asked_at = self._clock.now()
+        records = self._reads.fresh(uid, asked_at)
+        if records is None:
+            records = await self._runtime.list_containers(uid)
+            self._reads.store(uid, records, at=asked_at)
+        return observed_instance(uid, records)
 
     def _refresh_volumes(self, instance: Instance) -> None:
         # ConfigMap and Secret files follow their objects while the containers run; an
@@ -489,6 +525,7 @@ class RuntimeEngine:
         return True
 
     def _forget(self, uid: UID) -> None:
+        self._reads.forget(uid)
         self._addresses.release(uid)
         self._volumes.remove(uid)
         self._probes.forget(uid)

@@ -103,7 +103,9 @@ class FakeRuntime:
         record = self.containers[cid]
         for queue in self._subscribers:
             queue.put_nowait(
-                RuntimeEvent(kind=kind, container_id=cid, instance_uid=record.instance_uid)
+                RuntimeEvent(
+                    kind=kind, container_id=cid, instance_uid=record.instance_uid, at=self._now()
+                )
             )
 
     def _check(self) -> None:
