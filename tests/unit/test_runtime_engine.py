@@ -332,6 +332,23 @@ def test_a_pass_asks_the_engine_only_when_it_may_have_changed(tmp_path: Path) ->
         h.runtime.exit(first.id, code=1)
         await h.until(lambda: [r.id for r in h.runtime.running("main")] not in ([], [first.id]))
         assert h.runtime.instance_listings > 2
+        await asyncio.sleep(0.3)
+        # Deleted (the finalizer holds the Instance): stopped and removed in one pass, read
+        # back once; the engine's die and destroy events of that wake no pass that reads.
+        listings = h.runtime.instance_listings
+        deleting = dataclasses.replace(
+            web,
+            metadata=dataclasses.replace(
+                web.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
+            ),
+        )
+        h.engine.put(deleting)
+        await h.until(lambda: h.reporter.cleaned == ["web"])
+        await asyncio.sleep(0.3)
+        assert h.runtime.instance_listings - listings == 1
+        h.engine.discard(web.metadata.uid or "")
+        await asyncio.sleep(0.1)
+        assert h.runtime.instance_listings - listings == 1
 
     asyncio.run(Harness(tmp_path, resync_period_seconds=30.0).run(scenario))
 
@@ -434,6 +451,7 @@ def test_deleted_instance_leaves_no_state_behind(tmp_path: Path) -> None:
         assert uid not in h.engine._workers
         assert uid not in h.engine._written
         assert uid not in h.engine._messages
+        assert len(h.engine._reads) == 0
 
     asyncio.run(Harness(tmp_path).run(scenario))
 

@@ -379,6 +379,7 @@ class RuntimeEngine:
             if done and uid not in self._desired:
                 self._workers.pop(uid, None)
                 self._wakeups.pop(uid, None)
+                self._reads.forget(uid)
                 return
             timeout = self._config.resync_period_seconds
             if wake_at is not None:
@@ -525,7 +526,8 @@ class RuntimeEngine:
         return True
 
     def _forget(self, uid: UID) -> None:
-        self._reads.forget(uid)
+        # The read stays while the worker does: it shows nothing left, and the engine's
+        # events of the last stop and removal, logged before it, need no pass to read again.
         self._addresses.release(uid)
         self._volumes.remove(uid)
         self._probes.forget(uid)
