@@ -11,48 +11,49 @@ FINDINGS: dict[str, str] = {
 **#1 startup.** The 5 s SLO is checked as Kubernetes checks it: on the density test's latency
 phase, Instances created at a steady pace on nodes that already hold 100 each (ClusterLoader2's
 `testing/density` fills the nodes with saturation pods, then creates latency pods at 5 a second
-over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 +
-180 s). Here the pace is 1 a second over 3 nodes. The burst of 30 meets the p50 overhead target
-on this page (0.42 s) and has missed it by up to 1.35 s on others; the burst of 300 misses it.
-Both for the control plane's CPU, measured:
+over 100+ nodes and holds their p99 to 5 s; the saturation phase is held only to pods/20 + 180
+s). Here the pace is 1 a second over 3 nodes. The burst of 30 sits at the p50 overhead target:
+0.63 s over bare on this page, 0.42 s (met) in the full run just before it at the same code
+(e8d2ec7's page), 0.30 s to 1.35 s on earlier pages; the burst of 300 misses it. Both for the
+control plane's CPU, measured:
 (a) A burst keeps the two cores busy, bare or ours, so every ms of CPU an Instance costs beyond
-a bare container delays the burst: with 30 at once over two cores each extra ms per Instance
-is ~15 ms of the burst's wall time. An Instance of one container is one container on the
-engine, as a bare `docker run` is (no sandbox, docs/RUNTIME.md), and what is left beyond it
-is the control plane: ~56 ms of CPU per Instance at 30 on this page (API server and etcd 30
-ms for the ~7 requests from create to Ready, the agents 19, the controller 7; the #2 lines),
-85 ms at 0798388 and ~95-110 ms before, against ~9 ms for the bare client -- though the whole
-machine also took less per Instance in this run than at 0798388 (397 against 491 ms), so part
-of that drop is the machine's. Since 58f965b the scheduler's bind puts the agent's finalizer
-on, which the agent used to add in a write of its own: one request less per Instance (#7: 8.1
-a lifecycle, from 9.2), and with it one watch event less to every Instance watcher. Since
-47e9e08 an agent's sync pass reuses its last read of an instance's containers while nothing
-says the engine changed them (docs/RUNTIME.md, What a pass reads): engine requests per
-Instance lifecycle 15.6 -> 9.1, listings 7.3 -> 3.1. By the count above, 0.5 s leaves the
-whole control plane ~33 ms of CPU per Instance, less than the API server and etcd take for the
-requests themselves (this page's 30-burst met the target at ~56 ms, the engines' own waits
-hiding some of it): the bound of a path through the Kubernetes API on a machine whose engines
-fill its cores. The requests left are the kubelet's own set (4 events, 2 status writes, the
-bind, the finalizer's removal), none that changes nothing (#7).
+a bare container delays the burst: with 30 at once over two cores each extra ms per Instance is
+~15 ms of the burst's wall time. An Instance of one container is one container on the engine, as
+a bare `docker run` is (no sandbox, docs/RUNTIME.md), and what is left beyond it is the control
+plane: ~83 ms of CPU per Instance at 30 on this page (API server and etcd 48 ms for the ~7
+requests from create to Ready, the agents 25, the controller 10; the #2 lines), ~56 ms in the
+run before at the same code, 85 ms at 0798388 and ~95-110 ms before, against ~9 ms for the bare
+client. The machine swings as much: it took 531 ms per Instance in all on this page and 397 ms
+in the run before. Since 58f965b the scheduler's bind puts the agent's finalizer on, which the
+agent used to add in a write of its own: one request less per Instance (#7: 8.1 a lifecycle,
+from 9.2), and with it one watch event less to every Instance watcher. Since 47e9e08 an agent's
+sync pass reuses its last read of an instance's containers while nothing says the engine changed
+them (docs/RUNTIME.md, What a pass reads): engine requests per Instance lifecycle 15.6 -> 9.1,
+listings 7.3 -> 3.1. By the count above, 0.5 s leaves the whole control plane ~33 ms of CPU per
+Instance, less than the API server and etcd take for the requests themselves (the run before met
+the target at ~56 ms, the engines' own waits hiding some of it): the bound of a path through the
+Kubernetes API on a machine whose engines fill its cores. The requests left are the kubelet's
+own set (4 events, 2 status writes, the bind, the finalizer's removal), none that changes
+nothing (#7).
 (b) Each agent creates and starts at most 10 containers at once (`--max-parallel-starts`,
-docs/RUNTIME.md), the bare client's 30 in flight over 3 nodes, so a burst of 30 is not held.
-At 300 a bare `docker run` blocks, so the client's 30 workers hold the rest of the burst back
+docs/RUNTIME.md), the bare client's 30 in flight over 3 nodes, so a burst of 30 is not held. At
+300 a bare `docker run` blocks, so the client's 30 workers hold the rest of the burst back
 outside Docker and its per-request latency stays flat, while our 300 creates return at once and
-the Instances wait in the cluster: the baseline counted from its burst's start is printed
-beside it. Against that our p50 at 300 was 34.6 s against 35.1 s (6988ee5), 38.7 against 35.6
-s (77e3695), 40.9 against 37.6 s (0798388) and 34.9 against 30.0 s (this page); without the
-gate, when each agent started its 100 together and they all finished late, 51.5 against 34.8
-s (e0dae26). Smaller gates (2 or 4
-a node) were tried: they put the 30-burst's p50 at or below bare's by ordering alone, as bare
-`docker run` with as few in flight would gain, while p99 grew (8.2-8.5 against 6.1-7.5 s)
-and, at 2 a node, #2's ratio went to 1.42.
-(c) Binding waits for CPU: created -> bound is printed with the p50 (9-20 s at 300, 0.2-1.5 s
-at 30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load).
-The controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300
-burst shows its event loop runnable most of the time -- kopf's per-event processing 32% of
-samples, kopf indexing 18%, the leader-election renewal thread 13% -- i.e. starved of CPU,
-not spinning. All at once, Docker alone cannot start 300 in 5 s here either: the bare burst
-of 300 takes 62-98 s.""",
+the Instances wait in the cluster: the baseline counted from its burst's start is printed beside
+it. Against that our p50 at 300 was 34.6 s against 35.1 s (6988ee5), 38.7 against 35.6 s
+(77e3695), 40.9 against 37.6 s (0798388), 34.9 against 30.0 s (b9c691f) and 43.4 against 40.4 s
+(this page); without the gate, when each agent started its 100 together and they all finished
+late, 51.5 against 34.8 s (e0dae26). Smaller gates (2 or 4 a node) were tried: they put the
+30-burst's p50 at or below bare's by ordering alone, as bare `docker run` with as few in flight
+would gain, while p99 grew (8.2-8.5 against 6.1-7.5 s) and, at 2 a node, #2's ratio went to
+1.42.
+(c) Binding waits for CPU: created -> bound is printed with the p50 (9-20 s at 300, 0.2-1.5 s at
+30; 0.2-0.6 s at 30 in a run with the agents stopped, i.e. without the engines' load). The
+controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300 burst
+shows its event loop runnable most of the time -- kopf's per-event processing 32% of samples,
+kopf indexing 18%, the leader-election renewal thread 13% -- i.e. starved of CPU, not spinning.
+All at once, Docker alone cannot start 300 in 5 s here either: the bare burst of 300 takes 62-98
+s.""",
     "2": """\
 **#2 throughput.** The two cores are the bound: both bursts keep them busy, and the wall-time
 ratio follows the ratio of the machine's CPU per Instance to its CPU per bare container (both
@@ -90,31 +91,33 @@ p99 is the largest of five samples, so one slow restore on the shared machine de
 itself): client, server (busybox `httpd` forks per connection, `nc` reads in small blocks) and
 forwarding share two busy cores, so the ratio within a round is printed beside the ratio of
 medians. Most of what earlier pages showed as the cost of a virtual IP for new connections
-(0.72-0.88 of direct) was the bench's own doing: the direct path and the virtual IP reached
-the same server 4-tuples (DNAT keeps the client's source port), and Linux gives every TCP
-connection its own timestamp offset, so a SYN landing on a TIME_WAIT socket left by the other
-path's connection was rejected by PAWS (`TcpExtPAWSTimewait` in the server's namespace): an ACK,
-a reset, the SYN again a second later -- 10-67 of them per 3 s round. The direct path now has
-an `httpd` port of its own and every mode a client address of its own; the SYNs sent again are
+(0.72-0.88 of direct) was the bench's own doing: the direct path and the virtual IP reached the
+same server 4-tuples (DNAT keeps the client's source port), and Linux gives every TCP connection
+its own timestamp offset, so a SYN landing on a TIME_WAIT socket left by the other path's
+connection was rejected by PAWS (`TcpExtPAWSTimewait` in the server's namespace): an ACK, a
+reset, the SYN again a second later -- 10-67 of them per 3 s round. The direct path now has an
+`httpd` port of its own and every mode a client address of its own; the SYNs sent again are
 printed per round, 0 on every path but the node port. The node port masquerades with random
 source ports (`--random-fully`, as kube-proxy, against the SNAT race), so its connections meet
-the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up, and with
-the rate: 46/229/339 over this page's three rounds (direct 2,830 conn/s; 0.54 of direct),
-35/250/260 at 0798388 (0.56), 5/53/151 at 77e3695 (direct 1,560 conn/s; 0.97), 12/113/228
-and 7/53/183 before (0.81), and 0 over three rounds with port-preserving `MASQUERADE` put in
-by hand (1,930-2,170 conn/s, direct ~2,000). Checked with SYNs captured at the instance
-(kernel 6.18): one client's connections to the node port, one after another, carried TCP
-timestamps up to 2^31 apart, while a 4-tuple used again keeps its offset (the direct path
-reused 21,577 in 25 s, every SYN's timestamp 1-20 s ahead of the last one's); and the server
-counted `PAWSTimewait` in the node-port rounds only, about as many as the client's SYNs sent again.
-Each such SYN stalls its connection a second, so the figure swings between runs around the
-0.9 target. A kernel matter, kept for kube-proxy's reason (docs/PROXY.md,
-Requirements and limits): one client opening thousands of connections a second to one
-instance through one node's port is the worst case of it. One stream through the node port
-came to 0.86 of direct on this page (its rounds 386/393/483 MB/s against direct's 425-460;
-0.91 within a round) and 1.01-1.05 on the pages before: the machine's swing, not the path's
-cost. The userspace relay copies every byte through the agent process: about 0.5 of direct
-for new connections, about 1.0 for one stream.""",
+the server's TIME_WAIT sockets of earlier ones; the count grows as they pile up, and with the
+rate: 2/89/228 over this page's three rounds (direct 2,000 conn/s; 0.81 of direct, 1.17 within a
+round), 46/229/339 at b9c691f (direct 2,830 conn/s; 0.54), 35/250/260 at 0798388 (0.56),
+5/53/151 at 77e3695 (direct 1,560 conn/s; 0.97), 12/113/228 and 7/53/183 before (0.81), and 0
+over three rounds with port-preserving `MASQUERADE` put in by hand (1,930-2,170 conn/s, direct
+~2,000). Checked with SYNs captured at the instance (kernel 6.18): one client's connections to
+the node port, one after another, carried TCP timestamps up to 2^31 apart, while a 4-tuple used
+again keeps its offset (the direct path reused 21,577 in 25 s, every SYN's timestamp 1-20 s
+ahead of the last one's); and the server counted `PAWSTimewait` in the node-port rounds only,
+about as many as the client's SYNs sent again. Each such SYN stalls its connection a second, so
+the figure swings between runs around the 0.9 target. A kernel matter, kept for kube-proxy's
+reason (docs/PROXY.md, Requirements and limits): one client opening thousands of connections a
+second to one instance through one node's port is the worst case of it. Two figures missed by
+the machine's swing alone, with no SYN sent again: the virtual IP through the iptables engine in
+the bench's namespace, 0.89 of direct on this page (1.02 within a round; its direct rounds ran
+1,391 to 2,295 conn/s) and 0.91-0.96 on the pages before; one stream through the node port, 0.86
+at b9c691f (0.91 within a round) and 0.99-1.05 on the other pages. The userspace relay copies
+every byte through the agent process: about 0.5 of direct for new connections, about 1.0 for one
+stream.""",
     "5": """\
 **#5 agent memory.** The agent's RSS grew with the Instances it had handled and never shrank
 (VmRSS equals VmHWM): 71 MiB idle when fresh, 85 then 100 MiB after the first two bursts of 100
