@@ -85,6 +85,14 @@ def make_instance(name: str, *, uid: str | None = None, **spec: Any) -> Instance
     )
 
 
+def being_deleted(instance: Instance) -> Instance:
+    """The Instance as the watch shows it once deleted, while the agent's finalizer holds it."""
+    meta = dataclasses.replace(
+        instance.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
+    )
+    return dataclasses.replace(instance, metadata=meta)
+
+
 class Harness:
     def __init__(self, tmp_path: Path, runtime: FakeRuntime | None = None, **config: Any) -> None:
         self.runtime = runtime or FakeRuntime(now=time.time, images=(IMAGE, SANDBOX_IMAGE))
@@ -336,12 +344,7 @@ def test_a_pass_asks_the_engine_only_when_it_may_have_changed(tmp_path: Path) ->
         # Deleted (the finalizer holds the Instance): stopped and removed in one pass, read
         # back once; the engine's die and destroy events of that wake no pass that reads.
         listings = h.runtime.instance_listings
-        deleting = dataclasses.replace(
-            web,
-            metadata=dataclasses.replace(
-                web.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
-            ),
-        )
+        deleting = being_deleted(web)
         h.engine.put(deleting)
         await h.until(lambda: h.reporter.cleaned == ["web"])
         await asyncio.sleep(0.3)
@@ -410,12 +413,7 @@ def test_deleted_instance_is_stopped_with_its_grace_period_and_cleaned_up(
         h.engine.set_desired([inst])
         await h.until(lambda: h.phase("web") == "Running")
         assert (tmp_path / "volumes" / "uid-web" / "scratch").is_dir()
-        deleting = dataclasses.replace(
-            inst,
-            metadata=dataclasses.replace(
-                inst.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
-            ),
-        )
+        deleting = being_deleted(inst)
         h.engine.put(deleting)
         await h.until(lambda: h.reporter.cleaned == ["web"])
         assert not h.runtime.containers
@@ -435,12 +433,7 @@ def test_deleted_instance_leaves_no_state_behind(tmp_path: Path) -> None:
         assert uid is not None
         h.engine.set_desired([inst])
         await h.until(lambda: h.phase("web") == "Running")
-        deleting = dataclasses.replace(
-            inst,
-            metadata=dataclasses.replace(
-                inst.metadata, deletion_timestamp=Timestamp("2026-01-01T00:00:00Z")
-            ),
-        )
+        deleting = being_deleted(inst)
         h.engine.put(deleting)
         await h.until(lambda: h.reporter.cleaned == ["web"])
         h.engine.discard(uid)
