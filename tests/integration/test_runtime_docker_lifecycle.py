@@ -15,8 +15,8 @@ from runtime_node import IMAGE, Agent, DockerNode, docker_node, instance, run_in
 from kopflet.agent.runtime.backoff import BackoffPolicy
 from kopflet.agent.runtime.container_runtime import NotOurs
 from kopflet.agent.runtime.labels import ContainerID
-from kopflet.agent.runtime.records import RunState
-from kopflet.api import Instance, Timestamp
+from kopflet.agent.runtime.records import ContainerRecord, RunState
+from kopflet.api import UID, Instance, Timestamp
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,14 @@ def node() -> Iterator[DockerNode]:
 
 def sh(script: str) -> list[str]:
     return ["sh", "-c", script]
+
+
+def deleting(inst: Instance) -> Instance:
+    """The Instance as the watch shows it once deleted, while the agent's finalizer holds it."""
+    stamp = Timestamp("2026-01-01T00:00:00Z")
+    return dataclasses.replace(
+        inst, metadata=dataclasses.replace(inst.metadata, deletion_timestamp=stamp)
+    )
 
 
 def test_containers_share_the_instance_network_and_the_node_reaches_it(
@@ -355,6 +363,47 @@ def test_docker_die_event_wakes_the_sync_without_waiting_for_the_relist(
     assert gap < 2.0  # a relist or resync would have taken 60 s
 
 
+def test_a_pass_lists_the_engine_only_when_it_may_have_changed(
+    node: DockerNode, tmp_path: Path
+) -> None:
+    """On a real dockerd the events of our own start and removal are logged before the read
+    that follows them, so they wake no pass that lists the instance's containers again."""
+    inst = instance(
+        "quiet",
+        node="reads",
+        containers=[{"name": "main", "image": IMAGE, "command": ["sleep", "600"]}],
+    )
+    listings: list[int] = []
+
+    async def scenario() -> None:
+        async with Agent(node, name="reads", volumes_dir=tmp_path) as agent:
+            listed = agent.runtime.list_containers
+
+            async def counted(instance_uid: UID | None = None) -> list[ContainerRecord]:
+                if instance_uid == "uid-quiet":
+                    listings.append(1)
+                return await listed(instance_uid)
+
+            agent.runtime.list_containers = counted  # type: ignore[method-assign]
+            agent.engine.set_desired([])
+            await asyncio.sleep(1.0)  # the first relists, before the Instance exists
+            agent.engine.put(inst)
+            await until(lambda: agent.phase("quiet") == "Running", seconds=30, message="running")
+            await asyncio.sleep(1.0)  # its start's event, the confirming pass
+            started = len(listings)
+            labelled = dataclasses.replace(inst.metadata, labels={"tier": "front"})
+            agent.engine.put(dataclasses.replace(inst, metadata=labelled))
+            await asyncio.sleep(1.0)
+            relabelled = len(listings)
+            agent.engine.put(deleting(inst))
+            cleaned = agent.reporter.cleaned
+            await until(lambda: "quiet" in cleaned, seconds=30, message="cleaned up")
+            await asyncio.sleep(1.0)  # the die and destroy events of the removal
+            assert (started, relabelled, len(listings)) == (2, 2, 3)
+
+    run_in_netns(node.netns_path, scenario, timeout=90)
+
+
 def test_deletion_sends_sigterm_and_waits_out_the_grace_period(
     node: DockerNode, tmp_path: Path
 ) -> None:
@@ -381,12 +430,6 @@ def test_deletion_sends_sigterm_and_waits_out_the_grace_period(
         terminationGracePeriodSeconds=2,
         containers=[{"name": "main", "image": IMAGE, "command": sh("trap '' TERM; sleep 1000")}],
     )
-
-    def deleting(inst: Instance) -> Instance:
-        stamp = Timestamp("2026-01-01T00:00:00Z")
-        return dataclasses.replace(
-            inst, metadata=dataclasses.replace(inst.metadata, deletion_timestamp=stamp)
-        )
 
     async def scenario() -> dict[str, float]:
         async with Agent(node, name="grace", volumes_dir=tmp_path / "v") as agent:
