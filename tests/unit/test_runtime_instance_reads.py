@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from runtime_records import record as container_record
 
 from kopflet.agent.runtime.instance_reads import InstanceReads
-from kopflet.agent.runtime.labels import ContainerID, ContainerLabels, ContainerRole
+from kopflet.agent.runtime.labels import ContainerID
 from kopflet.agent.runtime.records import ContainerRecord, RunState
 from kopflet.api import UID
 
@@ -15,19 +16,8 @@ UID_A = UID("uid-a")
 MAIN = ContainerID("c1")
 
 
-def record(state: RunState = RunState.RUNNING, cid: ContainerID = MAIN) -> ContainerRecord:
-    labels = ContainerLabels(
-        role=ContainerRole.APP,
-        node="n",
-        instance_uid=UID_A,
-        instance_name="a",
-        instance_namespace="d",
-        container_name="main",
-        spec_hash="h",
-        restart_count=0,
-        grace_period_seconds=1,
-    )
-    return ContainerRecord(id=cid, labels=labels, state=state, image="i", image_id="", created_at=0)
+def record(state: RunState = RunState.RUNNING) -> ContainerRecord:
+    return container_record(MAIN, UID_A, state)
 
 
 def kept(at: float = 100.0, *records: ContainerRecord) -> InstanceReads:

@@ -6,9 +6,10 @@ import asyncio
 import math
 
 import pytest
+from runtime_records import record
 
 from kopflet.agent.runtime.fake_runtime import FakeRuntime
-from kopflet.agent.runtime.labels import ContainerID, ContainerLabels, ContainerRole
+from kopflet.agent.runtime.labels import ContainerID
 from kopflet.agent.runtime.records import ContainerRecord, RunState
 from kopflet.agent.runtime.relist import (
     LifecycleEvent,
@@ -41,23 +42,6 @@ def test_transition_between_two_observations(
     old: RunState | None, new: RunState | None, kinds: tuple[LifecycleKind, ...]
 ) -> None:
     assert transition(old, new) == kinds
-
-
-def record(cid: str, uid: str, state: RunState) -> ContainerRecord:
-    labels = ContainerLabels(
-        role=ContainerRole.APP,
-        node="n",
-        instance_uid=UID(uid),
-        instance_name="i",
-        instance_namespace="d",
-        container_name="main",
-        spec_hash="h",
-        restart_count=0,
-        grace_period_seconds=1,
-    )
-    return ContainerRecord(
-        id=ContainerID(cid), labels=labels, state=state, image="i", image_id="", created_at=0
-    )
 
 
 def test_diff_names_the_instance_of_every_changed_container() -> None:
