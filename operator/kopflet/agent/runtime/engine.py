@@ -178,9 +178,12 @@ class RuntimeEngine:
     def wake(self, uid: UID) -> None:
         # A late Docker event or relist change of an instance whose worker is gone must
         # not leave an Event behind for ever; its next worker (if any) syncs at once.
-        if uid not in self._workers and uid not in self._desired:
-            return
-        self._wakeups.setdefault(uid, asyncio.Event()).set()
+        if self._tracked(uid):
+            self._wakeups.setdefault(uid, asyncio.Event()).set()
+
+    def _tracked(self, uid: UID) -> bool:
+        """The instance is wanted here or still has a worker: state about it may be kept."""
+        return uid in self._workers or uid in self._desired
 
     def wake_all(self) -> None:
         """A ConfigMap or Secret changed: files and CreateContainerConfigErrors may too."""
@@ -308,9 +311,7 @@ class RuntimeEngine:
     def _engine_changed(self, uid: UID, *, at: float) -> None:
         """The engine changed one of the instance's containers, at ``at`` or before: a
         pass, unless the instance's last read came after (our own start, read back)."""
-        if uid not in self._workers and uid not in self._desired:
-            return
-        if self._reads.changed(uid, at=at):
+        if self._tracked(uid) and self._reads.changed(uid, at=at):
             self.wake(uid)
 
     def _relisted(self, changed: set[UID], *, at: float) -> None:
@@ -320,9 +321,7 @@ class RuntimeEngine:
             if state.instance_uid in states:
                 states[state.instance_uid][state.id] = state.state
         for uid, listed in states.items():
-            if uid not in self._workers and uid not in self._desired:
-                continue
-            if self._reads.listed(uid, listed, at=at):
+            if self._tracked(uid) and self._reads.listed(uid, listed, at=at):
                 self.wake(uid)
 
     def _set_events_open(self, open_: bool) -> None:
