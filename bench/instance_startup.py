@@ -305,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[30, 300])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--repeat-small",
+        type=int,
+        help="repetitions of the bursts smaller than the largest (default: --repeat); they are"
+        " cheap and their medians swing most with the machine's load",
+    )
     parser.add_argument("--concurrency", type=int, default=30)
     parser.add_argument("--latency-count", type=int, default=LATENCY_COUNT)
     parser.add_argument("--latency-rate", type=float, default=1.0, help="Instances a second")
@@ -322,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for count in args.counts:
         runs = all_runs[count] = Runs()
         latency = LatencyPhase(args.latency_count, args.latency_rate) if count == largest else None
-        for rep in range(args.repeat):
+        repeat = args.repeat if count == largest or args.repeat_small is None else args.repeat_small
+        for rep in range(repeat):
             # Alternate which side goes first, so drifting load on the shared machine does
             # not always favour the same one.
             if rep % 2 == 0:
