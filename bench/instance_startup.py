@@ -327,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     all_runs: dict[int, Runs] = {}
     for count in args.counts:
         runs = all_runs[count] = Runs()
-        latency = LatencyPhase(args.latency_count, args.latency_rate) if count == largest else None
+        with_latency = count == largest and args.latency_count > 0
+        latency = LatencyPhase(args.latency_count, args.latency_rate) if with_latency else None
         repeat = args.repeat if count == largest or args.repeat_small is None else args.repeat_small
         for rep in range(repeat):
             # Alternate which side goes first, so drifting load on the shared machine does
