@@ -53,6 +53,12 @@ at 2 a node, #2's ratio went to 1.42.
 controller used only ~10-15 ms of CPU per Instance; a py-spy profile of it during a 300 burst
 shows its event loop runnable most of the time -- kopf's per-event processing 32% of samples,
 kopf indexing 18%, the leader-election renewal thread 13% -- i.e. starved of CPU, not spinning.
+What the scheduler adds to a burst of 30, measured at 2ff41e3 by creating the same Instances
+already bound (spec.nodeName set, 10 a node): p50 overhead 0.46 s against 0.65 s through the
+scheduler (median of 4 runs of each, alternating with bare on one cluster), i.e. ~0.2 s; the
+rest is the agents' and the API server's share, with no single hot spot in either (the CPU per
+Instance in (a)). Running the API server, etcd, the controller and the agents at nice -10 did
+not help (1.03 s over bare, bind p50 463 ms, 5 runs): not a matter of who gets the cores first.
 All at once, Docker alone cannot start 300 in 5 s here either: the bare burst of 300 takes 62-98
 s.""",
     "2": """\
