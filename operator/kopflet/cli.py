@@ -13,11 +13,14 @@ from kopflet import __version__
 
 
 def _cluster_config(args: argparse.Namespace) -> object:
-    from kopflet.local.config import ClusterConfig
+    from kopflet.local.config import ClusterConfig, saved_index
 
+    index = args.index
+    if index is None:
+        index = saved_index(Path(args.state_root), args.name) or 0
     return ClusterConfig(
         name=args.name,
-        index=args.index,
+        index=index,
         nodes=getattr(args, "nodes", 3),
         state_root=Path(args.state_root),
         run_root=Path(args.run_root),
@@ -29,8 +32,9 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--index",
         type=int,
-        default=0,
-        help="keeps clusters apart: ports, bridge and subnet derive from it",
+        default=None,
+        help="keeps clusters apart: ports, bridge and subnet derive from it (default: the one"
+        " the cluster was started with, else 0)",
     )
     parser.add_argument("--state-root", default="/var/lib/kopflet", help=argparse.SUPPRESS)
     parser.add_argument("--run-root", default="/run/kopflet", help=argparse.SUPPRESS)

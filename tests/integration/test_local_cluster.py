@@ -281,7 +281,8 @@ def _leftovers(config: ClusterConfig) -> list[str]:
 def test_up_reports_a_running_cluster_and_down_removes_everything_even_after_a_crash(
     cluster: TestCluster,
 ) -> None:
-    """A second, two-node cluster of its own: up, up again, a crashed supervisor, down twice."""
+    """A second, two-node cluster of its own: up, up again, a crashed supervisor, `kopflet down`
+    by its name alone, down twice more."""
     _check_infrastructure()
     config = ClusterConfig(name="kopflet-downtest", index=2, nodes=2)
     local_cluster.down(config)
@@ -295,6 +296,16 @@ def test_up_reports_a_running_cluster_and_down_removes_everything_even_after_a_c
         os.kill(first.supervisor_pid, signal.SIGKILL)
         time.sleep(1)
         assert local_cluster.status(config) is None
+        # Named only, as a user types it: the cluster's own index (2) is found, not the
+        # default's bridge and namespaces.
+        subprocess.run(
+            [sys.executable, "-m", "kopflet", "down", "--name", config.name],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        assert _leftovers(config) == []
     finally:
         local_cluster.down(config)
     assert _leftovers(config) == []

@@ -115,6 +115,8 @@ def run_supervisor(config: ClusterConfig) -> int:
     config.run_dir.mkdir(parents=True, exist_ok=True)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     config.supervisor_pidfile.write_text(str(os.getpid()))
+    # `kopflet down --name X` and the other commands find the bridge and namespaces by it.
+    config.save()
     supervisor = Supervisor(
         status_file=config.status_file, cluster_name=config.name, hold_dir=config.run_dir / "hold"
     )

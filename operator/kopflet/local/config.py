@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,15 @@ class ClusterConfig:
     def supervisor_pidfile(self) -> Path:
         return self.run_dir / "supervisor.pid"
 
+    @property
+    def saved_file(self) -> Path:
+        """What the cluster was started with (its index), for commands that name it only."""
+        return self.state_dir / "cluster.json"
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.saved_file.write_text(json.dumps({"index": self.index, "nodes": self.nodes}) + "\n")
+
     def node(self, i: int) -> NodeConfig:
         """Node ``i`` counts from 1, as ``node-1`` is the first node."""
         name = f"node-{i}"
@@ -133,3 +143,13 @@ class ClusterConfig:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "kopflet"
+
+
+def saved_index(state_root: Path, name: str) -> int | None:
+    """The index the cluster ``name`` was last started with, if it has left its state."""
+    try:
+        saved = json.loads(ClusterConfig(name=name, state_root=state_root).saved_file.read_text())
+    except (OSError, ValueError):
+        return None
+    index = saved.get("index") if isinstance(saved, dict) else None
+    return index if isinstance(index, int) else None

@@ -31,7 +31,7 @@ import docker
 from kopflet.local import cluster as local_cluster
 from kopflet.local import images as local_images
 from kopflet.local.build_engine import BuildEngine, BuildEngineError
-from kopflet.local.config import ClusterConfig
+from kopflet.local.config import ClusterConfig, saved_index
 
 DEFAULT_SOURCE = "unix:///var/run/docker.sock"
 _CLIENT_TIMEOUT = 600
@@ -223,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="load into this engine instead of the local cluster's nodes (repeatable)",
     )
     p.add_argument("--name", default="kopflet", help="local cluster name (default: %(default)s)")
-    p.add_argument("--index", type=int, default=0, help="local cluster index (default: 0)")
+    p.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="local cluster index (default: the one the cluster was started with, else 0)",
+    )
     p.add_argument("--state-root", default="/var/lib/kopflet", help=argparse.SUPPRESS)
     p.add_argument("--run-root", default="/run/kopflet", help=argparse.SUPPRESS)
     return p
@@ -243,7 +248,11 @@ def main(argv: Sequence[str]) -> int:
         else:
             config = ClusterConfig(
                 name=args.name,
-                index=args.index,
+                index=(
+                    args.index
+                    if args.index is not None
+                    else saved_index(Path(args.state_root), args.name) or 0
+                ),
                 state_root=Path(args.state_root),
                 run_root=Path(args.run_root),
             )
