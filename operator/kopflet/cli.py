@@ -13,14 +13,11 @@ from kopflet import __version__
 
 
 def _cluster_config(args: argparse.Namespace) -> object:
-    from kopflet.local.config import ClusterConfig, saved_index
+    from kopflet.local.config import ClusterConfig, cluster_index
 
-    index = args.index
-    if index is None:
-        index = saved_index(Path(args.state_root), args.name) or 0
     return ClusterConfig(
         name=args.name,
-        index=index,
+        index=cluster_index(Path(args.state_root), args.name, args.index),
         nodes=getattr(args, "nodes", 3),
         state_root=Path(args.state_root),
         run_root=Path(args.run_root),

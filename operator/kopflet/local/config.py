@@ -121,7 +121,7 @@ class ClusterConfig:
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.saved_file.write_text(json.dumps({"index": self.index, "nodes": self.nodes}) + "\n")
+        self.saved_file.write_text(json.dumps({"index": self.index}) + "\n")
 
     def node(self, i: int) -> NodeConfig:
         """Node ``i`` counts from 1, as ``node-1`` is the first node."""
@@ -153,3 +153,10 @@ def saved_index(state_root: Path, name: str) -> int | None:
         return None
     index = saved.get("index") if isinstance(saved, dict) else None
     return index if isinstance(index, int) else None
+
+
+def cluster_index(state_root: Path, name: str, given: int | None) -> int:
+    """The index a command acts on: the one given, else the cluster's own, else 0."""
+    if given is not None:
+        return given
+    return saved_index(state_root, name) or 0

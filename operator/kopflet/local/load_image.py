@@ -31,7 +31,7 @@ import docker
 from kopflet.local import cluster as local_cluster
 from kopflet.local import images as local_images
 from kopflet.local.build_engine import BuildEngine, BuildEngineError
-from kopflet.local.config import ClusterConfig, saved_index
+from kopflet.local.config import ClusterConfig, cluster_index
 
 DEFAULT_SOURCE = "unix:///var/run/docker.sock"
 _CLIENT_TIMEOUT = 600
@@ -248,11 +248,7 @@ def main(argv: Sequence[str]) -> int:
         else:
             config = ClusterConfig(
                 name=args.name,
-                index=(
-                    args.index
-                    if args.index is not None
-                    else saved_index(Path(args.state_root), args.name) or 0
-                ),
+                index=cluster_index(Path(args.state_root), args.name, args.index),
                 state_root=Path(args.state_root),
                 run_root=Path(args.run_root),
             )
