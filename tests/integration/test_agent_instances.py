@@ -105,10 +105,11 @@ def test_a_stale_status_landing_over_the_agents_is_written_over_again(
         ],
         "containerStatuses": None,
     }
-    admin_api.custom.patch_namespaced_custom_object_status(
+    # What the write stored, from its own answer: the agent may write over it before a read.
+    landed = admin_api.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, INSTANCE_PLURAL, "late", {"status": stale}
     )
-    assert not running_ready(admin_api.instance(namespace, "late"))
+    assert not running_ready(landed)
     restored = wait_running(cluster, admin_api, namespace, "late", timeout=15)
     assert restored["status"]["containerStatuses"] == ready["status"]["containerStatuses"]
     assert restored["status"]["startTime"] == ready["status"]["startTime"]
