@@ -12,7 +12,7 @@ import contextlib
 import functools
 import ipaddress
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
@@ -73,6 +73,36 @@ class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]
 
     def get_connection(self, url: str, proxies: Any = None) -> Any:
         return super().get_connection("http+docker://localhost", proxies)
+
+
+def pump_events(
+    stream: Iterable[Mapping[str, Any]],
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[RuntimeEvent | BaseException | None],
+) -> None:
+    """Carry the engine's blocking event stream into ``queue`` on ``loop``, from a thread of
+    its own: each of our events, then ``None`` at its end or the exception that broke it.
+
+    The stream ends when the reader closes it, and the reader's loop may be closed (the agent
+    shutting down) before this thread gets to say so: nobody is left to tell, so that is no
+    error of this thread's."""
+
+    def post(item: RuntimeEvent | BaseException | None) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    try:
+        for message in stream:
+            event = event_from(message)
+            if event is not None and not post(event):
+                return
+    except Exception as exc:  # the stream broke: tell the reader, don't hide it
+        post(exc)
+    else:
+        post(None)
 
 
 class DockerRuntime:
@@ -459,18 +489,9 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             raise RuntimeUnavailable(f"docker events: {exc}") from exc
 
-        def pump() -> None:
-            try:
-                for item in stream:
-                    event = event_from(item)
-                    if event is not None:
-                        loop.call_soon_threadsafe(queue.put_nowait, event)
-            except Exception as exc:  # the stream broke: tell the reader, don't hide it
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        thread = threading.Thread(target=pump, name="docker-events", daemon=True)
+        thread = threading.Thread(
+            target=pump_events, args=(stream, loop, queue), name="docker-events", daemon=True
+        )
         thread.start()
         try:
             while (item := await queue.get()) is not None:
