@@ -201,6 +201,10 @@ def privileged_arguments() -> dict[str, Any]:
     }
 
 
+# A pod's restartPolicy as the engine's restart policy of each of its containers.
+RESTART_POLICIES = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+
+
 @dataclass
 class PodEmulation:
     """What the kubelet would give the agent pod on a node: volumes (emptyDir and hostPath as
@@ -267,6 +271,10 @@ class PodEmulation:
             "read_only": bool(security.get("readOnlyRootFilesystem")),
             "detach": True,
             "name": f"image-test-{container['name']}",
+            # The kubelet starts a container of the pod again when it exits (a DaemonSet's and a
+            # Deployment's pods are restartPolicy Always): an engine whose dockerd gave up
+            # waiting for its containerd on a busy machine comes back as it would on a node.
+            "restart_policy": {"Name": RESTART_POLICIES[pod.get("restartPolicy", "Always")]},
         }
         if security.get("privileged"):
             arguments.update(privileged_arguments())
@@ -360,7 +368,10 @@ def agent_pod(
 
 def _logs(container: docker.models.containers.Container) -> str:
     with contextlib.suppress(docker.errors.DockerException):
-        return str(container.logs(tail=40).decode(errors="replace"))
+        container.reload()
+        restarts = container.attrs.get("RestartCount", 0)
+        logs = container.logs(tail=40).decode(errors="replace")
+        return f"({container.status}, restarted {restarts} times)\n{logs}"
     return "(no logs)"
 
 
