@@ -29,6 +29,8 @@ from kopflet.local.components import Component
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 30.0
 BACKOFF_RESET_AFTER = 60.0
+#: Starts a component gets to become ready when the cluster comes up, before ``up`` fails.
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -136,31 +138,54 @@ class Supervisor:
         logger.info("started {} (pid {})", _label(component), running.process.pid)
 
     def _wait_ready(self, running: _Running) -> None:
-        component = running.component
-        assert component.ready is not None
-        deadline = time.monotonic() + component.ready_timeout
-        while time.monotonic() < deadline:
-            if component.ready():
-                return
-            if running.process is not None and running.process.poll() is not None:
-                raise StartFailed(
-                    f"{_label(component)} exited with {running.process.returncode}; "
-                    f"see {component.log_file}"
-                )
-            time.sleep(0.3)
-        raise StartFailed(
-            f"{_label(component)} not ready after {component.ready_timeout:.0f}s; "
-            f"see {component.log_file}"
-        )
+        self._wait_until_ready([running], time.monotonic() + running.component.ready_timeout)
 
     def wait_all_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for running in self._running:
-            ready = running.component.ready
-            while ready is not None and not ready():
-                if time.monotonic() > deadline:
-                    raise StartFailed(f"{_label(running.component)} not ready")
-                time.sleep(0.3)
+        self._wait_until_ready(self._running, time.monotonic() + timeout)
+
+    def _wait_until_ready(self, group: list[_Running], deadline: float) -> None:
+        """Wait for every component of ``group`` to be ready, by ``deadline``.
+
+        One that exits first is started again, up to ``START_ATTEMPTS`` starts in all: a
+        dockerd gives up when its containerd is slow to come up on a busy machine, and a second
+        start finds it up. One that keeps exiting fails the start with its exit code at once,
+        rather than when the deadline passes."""
+        waiting = [r for r in group if r.component.ready is not None]
+        while waiting:
+            for running in list(waiting):
+                ready = running.component.ready
+                assert ready is not None
+                if ready():
+                    waiting.remove(running)
+                    continue
+                process = running.process
+                if process is None or process.poll() is None:
+                    continue
+                component = running.component
+                running.status.last_exit_code = process.returncode
+                if running.status.restarts + 1 >= START_ATTEMPTS:
+                    running.status.state = "stopped"
+                    running.status.pid = None
+                    self.write_status()
+                    raise StartFailed(
+                        f"{_label(component)} exited with {process.returncode} before it was "
+                        f"ready, {START_ATTEMPTS} times; see {component.log_file}"
+                    )
+                logger.warning(
+                    "{} exited with {} before it was ready; starting it again",
+                    _label(component),
+                    process.returncode,
+                )
+                running.status.restarts += 1
+                self._spawn(running)
+                self.write_status()
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(_label(r.component) for r in waiting)
+                logs = ", ".join(str(r.component.log_file) for r in waiting)
+                raise StartFailed(f"{names} not ready in time; see {logs}")
+            time.sleep(0.3)
 
     # -- supervision ---------------------------------------------------------------------------
     def _held(self, running: _Running) -> bool:
