@@ -7,9 +7,9 @@ from kopflet.agent.runtime.records import ContainerRecord, RunState
 from kopflet.api import UID
 
 
-def record(cid: str, uid: str, state: RunState) -> ContainerRecord:
-    """The app container ``main`` of instance ``uid``, in ``state``."""
-    labels = ContainerLabels(
+def app_labels(uid: str) -> ContainerLabels:
+    """The labels of the app container ``main`` of instance ``uid``."""
+    return ContainerLabels(
         role=ContainerRole.APP,
         node="n",
         instance_uid=UID(uid),
@@ -20,6 +20,15 @@ def record(cid: str, uid: str, state: RunState) -> ContainerRecord:
         restart_count=0,
         grace_period_seconds=1,
     )
+
+
+def record(cid: str, uid: str, state: RunState) -> ContainerRecord:
+    """The app container ``main`` of instance ``uid``, in ``state``."""
     return ContainerRecord(
-        id=ContainerID(cid), labels=labels, state=state, image="i", image_id="", created_at=0
+        id=ContainerID(cid),
+        labels=app_labels(uid),
+        state=state,
+        image="i",
+        image_id="",
+        created_at=0,
     )

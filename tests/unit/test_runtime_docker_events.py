@@ -8,29 +8,16 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from runtime_records import app_labels
 
 from kopflet.agent.runtime.container_runtime import EventKind, RuntimeEvent
 from kopflet.agent.runtime.docker_runtime import pump_events
-from kopflet.agent.runtime.labels import ContainerLabels, ContainerRole
-from kopflet.api import UID
 
 pytestmark = pytest.mark.unit
 
-LABELS = ContainerLabels(
-    role=ContainerRole.APP,
-    node="n",
-    instance_uid=UID("u"),
-    instance_name="web",
-    instance_namespace="default",
-    container_name="main",
-    spec_hash="h",
-    restart_count=0,
-    grace_period_seconds=30,
-)
-
 
 def message(action: str, container: str) -> dict[str, Any]:
-    return {"Action": action, "Actor": {"ID": container, "Attributes": LABELS.render()}}
+    return {"Action": action, "Actor": {"ID": container, "Attributes": app_labels("u").render()}}
 
 
 Item = RuntimeEvent | BaseException | None
