@@ -386,3 +386,8 @@ def test_kubectl_describe_instance_tells_the_story(
         diagnose=lambda: cluster.kubectl("describe", "instance", "story", "-n", namespace).stdout,
     )
     assert "kopflet.dev/agent" in text and "Back-off restarting failed container main" in text
+    # In the order they first happened, as `kubectl describe` shows a pod's: it keeps the
+    # order the API server lists them in, by name.
+    events = text[text.index("\nEvents:") :]
+    firsts = [events.index(f"  {w} ") for w in ("Created", "Started", "BackOff")]
+    assert firsts == sorted(firsts), events

@@ -376,6 +376,25 @@ def test_first_event_is_created_with_reporting_controller_and_regarding() -> Non
     assert body["metadata"]["name"].startswith("web.") and "series" not in body
 
 
+def test_an_objects_events_are_named_in_the_order_they_happened() -> None:
+    """The API server lists Events by name, and `kubectl describe` shows events.k8s.io Events
+    in that order: the names must sort as the events happened, across second and digit
+    boundaries."""
+    api, clock = FakeKubeApi(), Clock()
+    recorder = EventRecorder(api, reporting_instance="n1", clock=clock)
+    reasons = ["Pulling", "Pulled", "Created", "Started", "Unhealthy", "Killing"]
+    for step, reason in zip([0, 0.000_001, 0.2, 0.999_999, 1.0, 4096.0], reasons, strict=True):
+        clock.now = 1_700_000_000.0 + step
+        recorder.record(REF, type="Normal", reason=reason, message=f"{reason} web")
+        if reason == "Created":  # written apart from the others, as the loop writes
+            asyncio.run(recorder.flush())
+    asyncio.run(recorder.flush())
+    posted = {body["metadata"]["name"]: body["reason"] for _, body in api.methods("POST")}
+    assert [posted[name] for name in sorted(posted)] == reasons
+    first = min(posted)
+    assert first.startswith(f"web.{1_700_000_000 * 10**9:x}") and len(first) == len("web.") + 20
+
+
 def test_repeats_bump_the_series_of_the_event_already_posted() -> None:
     api, clock = FakeKubeApi(), Clock()
     recorder = EventRecorder(api, reporting_instance="n1", clock=clock)

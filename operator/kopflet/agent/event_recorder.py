@@ -11,8 +11,8 @@ shows it ("x42 over 1h").
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,6 +104,14 @@ def truncate_note(note: str) -> str:
     if len(raw) <= MAX_NOTE_BYTES:
         return note
     return raw[: MAX_NOTE_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def event_name(regarding: str, first: float) -> str:
+    """``<object>.<first occurrence, ns since the epoch, hex>``, as client-go names Events, and
+    two random bytes against a twin. The API server lists an object's Events in name order,
+    so in the order they happened, and `kubectl describe` keeps that order among Events that
+    have no (deprecated) lastTimestamp, which no ``events.k8s.io/v1`` writer sets."""
+    return f"{regarding}.{round(first * 1e9):x}{secrets.token_hex(2)}"
 
 
 def event_body(tracked: _Tracked, *, name: str, reporting_instance: str) -> dict[str, Any]:
@@ -227,7 +235,7 @@ class EventRecorder:
                 return
             except NotFound:
                 tracked.name = None  # expired (events live an hour): start a new one
-        name = f"{tracked.ref.name}.{uuid.uuid4().hex[:16]}"
+        name = event_name(tracked.ref.name, tracked.first)
         body = event_body(tracked, name=name, reporting_instance=self._instance)
         await self._api.create(object_path(EVENTS_API, "events", namespace=namespace), body)
         tracked.name = name
