@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -23,27 +23,29 @@ def message(action: str, container: str) -> dict[str, Any]:
 Item = RuntimeEvent | BaseException | None
 
 
-async def drain(queue: asyncio.Queue[Item], count: int) -> list[Item]:
-    return [await asyncio.wait_for(queue.get(), timeout=5) for _ in range(count)]
+def pumped(stream: Iterable[Mapping[str, Any]], count: int) -> list[Item]:
+    """The first ``count`` items the pump thread hands a running loop from ``stream``."""
 
-
-def test_our_events_then_the_end_reach_the_loop() -> None:
     async def main() -> list[Item]:
         queue: asyncio.Queue[Item] = asyncio.Queue()
-        stream = [
-            message("start", "a"),
-            {"Action": "die", "Actor": {"ID": "x", "Attributes": {}}},  # not ours
-            message("die", "a"),
-        ]
         thread = threading.Thread(
             target=pump_events, args=(stream, asyncio.get_running_loop(), queue)
         )
         thread.start()
-        items = await drain(queue, 3)
+        items = [await asyncio.wait_for(queue.get(), timeout=5) for _ in range(count)]
         thread.join(timeout=5)
         return items
 
-    first, second, end = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_our_events_then_the_end_reach_the_loop() -> None:
+    stream = [
+        message("start", "a"),
+        {"Action": "die", "Actor": {"ID": "x", "Attributes": {}}},  # not ours
+        message("die", "a"),
+    ]
+    first, second, end = pumped(stream, 3)
     assert isinstance(first, RuntimeEvent) and first.kind is EventKind.START
     assert isinstance(second, RuntimeEvent) and second.kind is EventKind.DIE
     assert end is None
@@ -54,17 +56,7 @@ def test_a_broken_stream_is_handed_to_the_reader() -> None:
         yield message("start", "a")
         raise ConnectionError("engine went away")
 
-    async def main() -> list[Item]:
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        thread = threading.Thread(
-            target=pump_events, args=(broken(), asyncio.get_running_loop(), queue)
-        )
-        thread.start()
-        items = await drain(queue, 2)
-        thread.join(timeout=5)
-        return items
-
-    event, failure = asyncio.run(main())
+    event, failure = pumped(broken(), 2)
     assert isinstance(event, RuntimeEvent)
     assert isinstance(failure, ConnectionError)
 

@@ -28,10 +28,9 @@ import docker
 from loguru import logger
 
 from kopflet.local.nodes import alive, engine_answers, unmount_below
+from kopflet.local.supervisor import START_ATTEMPTS
 
 _READY_TIMEOUT = 90.0
-#: Starts the engine gets to answer before it counts as failed.
-_START_ATTEMPTS = 3
 _STOP_TIMEOUT = 30.0
 _LOCK_TIMEOUT = 900.0
 
@@ -203,30 +202,27 @@ class BuildEngine:
 
     def _start_dockerd(self) -> None:
         """Start the engine and wait until it answers. A dockerd that exits first (it gives up
-        when its containerd is slow to come up on a busy machine) gets ``_START_ATTEMPTS``
-        starts in all, as the local cluster's engines do."""
+        when its containerd is slow to come up on a busy machine) gets ``START_ATTEMPTS``
+        starts in all, as the local cluster's components do."""
         c = self.config
         for directory in (c.state_dir, c.run_dir, c.socket_dir):
             directory.mkdir(parents=True, exist_ok=True)
         c.log_file.write_bytes(b"")  # this run's log only
         deadline = time.monotonic() + _READY_TIMEOUT
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            process = self._spawn_dockerd()
-            while not engine_answers(c.docker_host):
-                exited = process.poll() is not None
-                if exited and attempt < _START_ATTEMPTS and time.monotonic() < deadline:
-                    logger.warning(
-                        "the build engine exited with {} before it answered; starting it again",
-                        process.returncode,
-                    )
-                    break
-                if exited or time.monotonic() >= deadline:
-                    tail = c.log_file.read_text(errors="replace").splitlines()[-20:]
-                    self._stop()
-                    raise BuildEngineError("the build engine did not start:\n" + "\n".join(tail))
-                time.sleep(0.3)
-            else:
-                return
+        process, starts = self._spawn_dockerd(), 1
+        while not engine_answers(c.docker_host):
+            exited = process.poll() is not None
+            if exited and starts < START_ATTEMPTS and time.monotonic() < deadline:
+                logger.warning(
+                    "the build engine exited with {} before it answered; starting it again",
+                    process.returncode,
+                )
+                process, starts = self._spawn_dockerd(), starts + 1
+            elif exited or time.monotonic() >= deadline:
+                tail = c.log_file.read_text(errors="replace").splitlines()[-20:]
+                self._stop()
+                raise BuildEngineError("the build engine did not start:\n" + "\n".join(tail))
+            time.sleep(0.3)
 
     def _spawn_dockerd(self) -> subprocess.Popen[bytes]:
         c = self.config

@@ -179,13 +179,12 @@ class Supervisor:
                 running.status.restarts += 1
                 self._spawn(running)
                 self.write_status()
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
+            if waiting and time.monotonic() > deadline:
                 names = ", ".join(_label(r.component) for r in waiting)
                 logs = ", ".join(str(r.component.log_file) for r in waiting)
                 raise StartFailed(f"{names} not ready in time; see {logs}")
-            time.sleep(0.3)
+            if waiting:
+                time.sleep(0.3)
 
     # -- supervision ---------------------------------------------------------------------------
     def _held(self, running: _Running) -> bool:
