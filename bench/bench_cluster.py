@@ -143,9 +143,18 @@ class BenchCluster:
         return list(as_dict(listing)["items"])
 
     def create_instances(
-        self, namespace: str, names: Sequence[str], *, node_name: str | None = None
+        self,
+        namespace: str,
+        names: Sequence[str],
+        *,
+        node_name: str | None = None,
+        until_ready: InstanceWatch | None = None,
     ) -> dict[str, float]:
-        """Create Instances with ``concurrency`` threads; each one's send time (monotonic)."""
+        """Create Instances with ``concurrency`` threads; each one's send time (monotonic).
+
+        With ``until_ready``, each thread waits for its Instance to be seen Ready there before
+        it creates the next (a closed loop: ``concurrency`` in flight, as a client of blocking
+        ``docker run``s keeps); without, the creates go out as fast as the API takes them."""
         sent: dict[str, float] = {}
 
         def create(name: str) -> None:
@@ -154,6 +163,8 @@ class BenchCluster:
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, INSTANCE_PLURAL, body
             )
+            if until_ready is not None:
+                until_ready.wait_one_ready(name, timeout=120)
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             for future in [pool.submit(create, n) for n in names]:
@@ -281,6 +292,8 @@ class InstanceWatch:
     deleted: int = 0
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: Notified whenever an Instance is first seen Ready (or the watch fails).
+    _changed: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> InstanceWatch:
@@ -325,6 +338,8 @@ class InstanceWatch:
                         break
         except BaseException as error:  # surfaced by the bench that waits on us
             self.error = error
+            with self._changed:
+                self._changed.notify_all()
 
     def _record(self, kind: str, obj: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -340,8 +355,22 @@ class InstanceWatch:
         if kind == "DELETED":
             self.deleted += 1
             self.deleted_at.setdefault(name, now)
-        elif condition_true(obj, "Ready"):
-            self.ready_at.setdefault(name, now)
+        elif condition_true(obj, "Ready") and name not in self.ready_at:
+            with self._changed:
+                self.ready_at[name] = now
+                self._changed.notify_all()
+
+    def wait_one_ready(self, name: str, *, timeout: float) -> None:
+        """Block until ``name`` is seen Ready: woken by the watch, not polled, so a client
+        that waits for its Instance sends its next create as soon as a ``docker run`` would
+        return."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: name in self.ready_at or self.error is not None, timeout=timeout
+            ):
+                raise BenchError(f"Instance {name} not Ready after {timeout:.0f}s")
+        if self.error is not None:
+            raise BenchError(f"the Instance watch failed: {self.error!r}")
 
     def wait_ready(self, names: Sequence[str], *, timeout: float) -> None:
         def all_ready() -> bool:
