@@ -43,7 +43,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,7 @@ from bench_cluster import (
     remove_bare,
     rss_bytes,
 )
-from bench_results import Reporter, Summary, Target, fmt, percentile, result_of
+from bench_results import Reporter, Result, Summary, Target, fmt, percentile, result_of
 
 MIB = 1024 * 1024
 #: Latency-phase Instances: 9 a node over 3 nodes, which keeps 100 + 9 under an agent's 110.
@@ -214,6 +214,30 @@ def max_agent_rss(cluster: BenchCluster) -> float:
     return max(rss_bytes(pid) for pid in pids.values()) / MIB
 
 
+def startup_result(
+    q: str,
+    case: str,
+    ours: list[float],
+    baseline_name: str,
+    baseline: list[float],
+    *,
+    target: Target | None,
+    extra: Mapping[str, float | str] | None = None,
+) -> Result:
+    """One #1 line: created->Ready at quantile ``q`` against a bare baseline."""
+    return result_of(
+        bench="1",
+        case=f"startup {q}, {case}",
+        figure_name=f"created->Ready {q}",
+        unit="s",
+        per_run=ours,
+        baseline_name=baseline_name,
+        baseline_per_run=baseline,
+        target=target,
+        extra=dict(extra) if extra else None,
+    )
+
+
 def report(
     reporter: Reporter,
     cluster: BenchCluster,
@@ -243,14 +267,12 @@ def report(
             (from_start, per_request) if queued else (per_request, from_start)
         )
         reporter.report(
-            result_of(
-                bench="1",
-                case=f"startup {q}, {case}" + (", all created at once" if queued else ""),
-                figure_name=f"created->Ready {q}",
-                unit="s",
-                per_run=ours,
-                baseline_name=f"{baseline_name} {q}",
-                baseline_per_run=baseline,
+            startup_result(
+                q,
+                case + (", all created at once" if queued else ""),
+                ours,
+                f"{baseline_name} {q}",
+                baseline,
                 # All at once is the density test's saturation phase: the SLO is held against
                 # the latency phase below, the overhead where both sides have as many in flight.
                 target=(
@@ -277,15 +299,13 @@ def report(
             ("p99", runs.closed_p99, runs.bare_p99, None),
         ):
             reporter.report(
-                result_of(
-                    bench="1",
-                    case=f"startup {q}, {case}, each client creating its next Instance when its"
-                    f" last is Ready (as a client of blocking docker runs)",
-                    figure_name=f"created->Ready {q}",
-                    unit="s",
-                    per_run=ours,
-                    baseline_name=f"bare docker run -d {q}",
-                    baseline_per_run=bare,
+                startup_result(
+                    q,
+                    f"{case}, each client creating its next Instance when its last is Ready"
+                    " (as a client of blocking docker runs)",
+                    ours,
+                    f"bare docker run -d {q}",
+                    bare,
                     target=target,
                     extra={
                         "wall time": fmt(Summary.of(runs.closed_wall).median, "s"),
@@ -313,14 +333,12 @@ def report(
             ),
         ):
             reporter.report(
-                result_of(
-                    bench="1",
-                    case=f"startup {q}, {phase}",
-                    figure_name=f"created->Ready {q}",
-                    unit="s",
-                    per_run=ours,
-                    baseline_name=f"bare docker run -d {q}, same pace, beside the bare burst",
-                    baseline_per_run=bare,
+                startup_result(
+                    q,
+                    phase,
+                    ours,
+                    f"bare docker run -d {q}, same pace, beside the bare burst",
+                    bare,
                     target=target,
                 )
             )
