@@ -137,6 +137,12 @@ class Supervisor:
         running.status.started_at = time.time()
         logger.info("started {} (pid {})", _label(component), running.process.pid)
 
+    def _respawn(self, running: _Running) -> None:
+        """Start a component again that exited (or was held): one restart more."""
+        running.status.restarts += 1
+        running.status.message = ""
+        self._spawn(running)
+
     def _wait_ready(self, running: _Running) -> None:
         self._wait_until_ready([running], time.monotonic() + running.component.ready_timeout)
 
@@ -176,8 +182,7 @@ class Supervisor:
                     _label(component),
                     process.returncode,
                 )
-                running.status.restarts += 1
-                self._spawn(running)
+                self._respawn(running)
                 self.write_status()
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(_label(r.component) for r in waiting)
@@ -213,10 +218,8 @@ class Supervisor:
                     changed = True
                 elif running.status.state == "held":
                     if not held:
-                        running.status.restarts += 1
-                        running.status.message = ""
                         running.backoff = BACKOFF_BASE
-                        self._spawn(running)
+                        self._respawn(running)
                         changed = True
                 elif running.status.state == "running" and process is not None:
                     code = process.poll()
@@ -236,9 +239,7 @@ class Supervisor:
                     running.backoff = min(running.backoff * 2, BACKOFF_MAX)
                     changed = True
                 elif running.status.state == "backoff" and now >= running.next_start:
-                    running.status.restarts += 1
-                    running.status.message = ""
-                    self._spawn(running)
+                    self._respawn(running)
                     changed = True
             if changed:
                 self.write_status()
