@@ -324,11 +324,19 @@ def test_switching_modes_removes_the_previous_modes_leftovers_after_the_first_sy
         driver = net.start_driver("n1", mode)
         net.feed(driver, services)
         driver.wait_synced(1)
-        assert net.connect("c1", VIP, 80) == ["e1"]
+        if mode == "userspace" and previous is not None:
+            # Removed before the relays listen: the old DNAT rules would take connections
+            # from them, and those die once no NAT chain is left to translate replies.
+            assert not leftovers[previous](saved_rules(net, "n1"))
+        # Connections made while the previous mode's leftovers are removed: none is cut.
+        during = net.connect_in_background("c1", VIP, 80, count=40, delay=0.01)
         deadline = time.monotonic() + 10
         while previous is not None and leftovers[previous](saved_rules(net, "n1")):
             assert time.monotonic() < deadline, f"{previous} leftovers remain in {mode} mode"
             time.sleep(0.1)
+        out, _ = during.communicate(timeout=60)
+        assert json.loads(out) == ["e1"] * 40, (previous, mode, out)
+        assert net.connect("c1", VIP, 80) == ["e1"], mode
         assert leftovers[mode](saved_rules(net, "n1"))
         driver.stop()
         previous = mode

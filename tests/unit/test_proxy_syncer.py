@@ -4,7 +4,7 @@ failure -> full, canary, nothing before the initial lists, conntrack and routes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -52,7 +52,9 @@ class FakeRoutes:
 
 
 class Harness:
-    def __init__(self, backend: FakeIptablesBackend | None = None) -> None:
+    def __init__(
+        self, backend: FakeIptablesBackend | None = None, **hooks: Callable[[], object]
+    ) -> None:
         self.backend = backend or FakeIptablesBackend()
         self.clock = FakeClock()
         self.routes = FakeRoutes()
@@ -67,6 +69,7 @@ class Harness:
             metrics=self.metrics,
             routes=self.routes,
             conntrack=self._flush,
+            **hooks,
         )
 
     def _flush(self, flushes: Sequence[ConntrackFlush]) -> Sequence[Exception]:
@@ -210,6 +213,33 @@ def test_a_failed_sync_makes_the_next_one_full_after_a_back_off() -> None:
     assert len(h.nat(service_chain(WEB, "TCP"))) == 2
     assert h.metric("kopflet_proxy_sync_failures_total", kind="partial") == 1
     assert h.metric("kopflet_proxy_sync_failures_total", kind="full") == 1
+
+
+def test_leftover_hooks_run_once_around_the_first_sync_and_a_failing_one_stops_nothing() -> None:
+    seen: list[str] = []
+
+    def before() -> None:
+        seen.append(f"before, {len(h.backend.restored)} restores")
+        raise RuntimeError("nft is gone")
+
+    def after() -> None:
+        seen.append(f"after, {len(h.backend.restored)} restores")
+
+    h = Harness(before_first_sync=before, after_first_sync=after)
+    h.backend.fail_restores = 1
+    h.set_service(WEB, web(E1))
+    h.syncer.mark_initial_lists_complete()
+    h.run(1)  # fails: the hook after waits for a sync that succeeded
+    assert seen == ["before, 0 restores"]
+    h.run(2)  # the back-off, then a full sync that succeeds
+    restores = len(h.backend.restored)
+    assert seen == ["before, 0 restores", f"after, {restores} restores"]
+    h.set_service(WEB, web(E1, E2))
+    h.clock.advance(2)
+    h.run(1)
+    assert len(h.backend.restored) > restores
+    assert seen == ["before, 0 restores", f"after, {restores} restores"]
+    assert len(h.nat(service_chain(WEB, "TCP"))) == 2
 
 
 def test_a_full_resync_runs_every_full_period_without_changes() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from loguru import logger
@@ -68,6 +68,32 @@ def make_proxier(
     raise ValueError(f"unknown proxy mode {mode!r}; expected one of {', '.join(PROXY_MODES)}")
 
 
+def _leftover_hooks(
+    mode: ProxyMode, runner: CommandRunner, *, enabled: bool
+) -> dict[str, Callable[[], object]]:
+    """When to remove what a run in another mode left on the node.
+
+    Between two netfilter modes, after the first sync: the old rules keep serving until
+    the new ones are in place, and a connection DNATed by the old rules keeps its
+    binding because the new mode's NAT chains keep the kernel applying it. Into the
+    userspace mode, before it: there the old DNAT rules would take new connections from
+    the relays, and a connection made through them goes silent when they go unless some
+    other NAT chain (Docker's) keeps the kernel translating its replies. The price is a
+    gap as long as that first sync, as if the agent started a moment later.
+    """
+    if not enabled:
+        return {}
+
+    def remove() -> None:
+        report = cleanup_other_modes(mode, runner)
+        if report.removed:
+            logger.info("removed what another proxy mode left: {}", ", ".join(report.removed))
+        for error in report.errors:
+            logger.warning("removing another proxy mode's leftovers: {}", error)
+
+    return {"before_first_sync" if mode == "userspace" else "after_first_sync": remove}
+
+
 class ProxyEngine:
     """Feed it ProxyService and NodeAgent objects; it keeps the node's proxy in step.
 
@@ -75,7 +101,8 @@ class ProxyEngine:
     default); ``backend`` replaces the netfilter backend (tests); ``host_routes`` and
     ``conntrack`` switch those duties off where another component owns them;
     ``remove_other_modes`` (default: unless ``backend`` is given) removes what a run in
-    another mode left on the node, once this mode's first sync is in place.
+    another mode left on the node: after this mode's first sync, or before it when
+    switching into the userspace mode (``_leftover_hooks`` says why).
     """
 
     def __init__(
@@ -109,11 +136,10 @@ class ProxyEngine:
             # Userspace relays keep no conntrack state of ours; they drop their own
             # sessions to removed endpoints.
             conntrack=flush if conntrack and mode != "userspace" else None,
-            # Only once ours are in place: a mode switch must not leave a gap either.
-            after_first_sync=(
-                (lambda: cleanup_other_modes(mode, runner_))
-                if (backend is None if remove_other_modes is None else remove_other_modes)
-                else None
+            **_leftover_hooks(
+                mode,
+                runner_,
+                enabled=backend is None if remove_other_modes is None else remove_other_modes,
             ),
         )
 

@@ -42,6 +42,7 @@ class ProxySyncer:
         metrics: ProxyMetrics | None = None,
         routes: RouteSyncer | None = None,
         conntrack: ConntrackFlusher | None = None,
+        before_first_sync: Callable[[], object] | None = None,
         after_first_sync: Callable[[], object] | None = None,
     ) -> None:
         self.proxier = proxier
@@ -53,6 +54,7 @@ class ProxySyncer:
         self._metrics = metrics
         self._routes = routes
         self._conntrack = conntrack
+        self._before_first_sync = before_first_sync
         self._after_first_sync = after_first_sync
         self._wake = asyncio.Event()
         self._routes_dirty = True
@@ -122,6 +124,9 @@ class ProxySyncer:
         if self.nodes.drain() or full:
             self._routes_dirty = True
         self._pending_flushes.update(plan_conntrack_flushes(service_changes))
+        if self._before_first_sync is not None:
+            hook, self._before_first_sync = self._before_first_sync, None
+            await self._run_hook("before the first proxy sync", hook)
         state = ProxyState(
             service_ports=dict(self.services.applied),
             instance_cidrs=tuple(sorted({n.instance_cidr for n in self.nodes.applied.values()})),
@@ -143,11 +148,15 @@ class ProxySyncer:
         await self._flush_conntrack()
         if self._after_first_sync is not None:
             hook, self._after_first_sync = self._after_first_sync, None
-            try:
-                await asyncio.to_thread(hook)
-            except Exception as exc:  # leftovers are harmless to our own rules
-                logger.warning("after the first proxy sync: {}", exc)
+            await self._run_hook("after the first proxy sync", hook)
         return True
+
+    @staticmethod
+    async def _run_hook(when: str, hook: Callable[[], object]) -> None:
+        try:
+            await asyncio.to_thread(hook)
+        except Exception as exc:  # a failed cleanup of leftovers must not stop the proxy
+            logger.warning("{}: {}", when, exc)
 
     def _observe(self, *, full: bool, started: float, ok: bool) -> None:
         if self._metrics:
